@@ -1,0 +1,3 @@
+//! The bench configuration: loading, validation and the resolved model.
+
+pub mod schema;

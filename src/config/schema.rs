@@ -1,0 +1,177 @@
+//! The shape of `labgate.toml`: links, instruments, stations, polls.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub paths: Paths,
+    #[serde(default)]
+    pub links: BTreeMap<String, LinkConfig>,
+    #[serde(default)]
+    pub instruments: BTreeMap<String, InstrumentConfig>,
+    #[serde(default)]
+    pub stations: BTreeMap<String, StationConfig>,
+    #[serde(default)]
+    pub polls: Vec<PollConfig>,
+}
+
+/// Directories, relative to the config file's own directory unless absolute.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Paths {
+    #[serde(default = "default_drivers")]
+    pub drivers: Vec<PathBuf>,
+    #[serde(default = "default_recipes")]
+    pub recipes: PathBuf,
+    #[serde(default = "default_data")]
+    pub data: PathBuf,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Paths {
+            drivers: default_drivers(),
+            recipes: default_recipes(),
+            data: default_data(),
+        }
+    }
+}
+
+fn default_drivers() -> Vec<PathBuf> {
+    vec![PathBuf::from("../drivers")]
+}
+fn default_recipes() -> PathBuf {
+    PathBuf::from("recipes")
+}
+fn default_data() -> PathBuf {
+    PathBuf::from("../data")
+}
+
+/// What the bytes on a link mean.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LinkProtocol {
+    /// Line-based SCPI (raw socket port 5025, RS-232).
+    Scpi,
+    /// Modbus TCP (MBAP header).
+    ModbusTcp,
+    /// Modbus RTU framing: on a serial line, or through a serial device server over TCP.
+    ModbusRtu,
+}
+
+impl std::fmt::Display for LinkProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LinkProtocol::Scpi => "scpi",
+            LinkProtocol::ModbusTcp => "modbus-tcp",
+            LinkProtocol::ModbusRtu => "modbus-rtu",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkConfig {
+    pub protocol: LinkProtocol,
+    #[serde(flatten)]
+    pub transport: Transport,
+    /// Default timeout of one request; a driver or quantity may set its own.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+    /// First reconnect delay after a failure; doubles up to `backoff_max`.
+    #[serde(default, with = "humantime_serde")]
+    pub backoff_initial: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub backoff_max: Option<Duration>,
+    /// Modbus RTU: extra pause between frames on top of t3.5 (slow devices).
+    #[serde(default, with = "humantime_serde")]
+    pub inter_frame_delay: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Transport {
+    Tcp {
+        host: String,
+        port: u16,
+    },
+    Serial {
+        device: PathBuf,
+        baud: u32,
+        #[serde(default = "default_data_bits")]
+        data_bits: u8,
+        #[serde(default)]
+        parity: Parity,
+        #[serde(default = "default_stop_bits")]
+        stop_bits: u8,
+        #[serde(default)]
+        flow_control: FlowControl,
+    },
+}
+
+fn default_data_bits() -> u8 {
+    8
+}
+fn default_stop_bits() -> u8 {
+    1
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Parity {
+    #[default]
+    None,
+    Even,
+    Odd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowControl {
+    #[default]
+    None,
+    Software,
+    Hardware,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstrumentConfig {
+    /// Name of a driver file's `[driver] name`.
+    pub driver: String,
+    pub link: String,
+    /// Modbus unit id (slave address); required on Modbus links.
+    #[serde(default)]
+    pub unit: Option<u8>,
+    #[serde(default)]
+    pub description: String,
+    /// Skip the identity check (an instrument that answers *IDN? oddly).
+    #[serde(default)]
+    pub skip_identity: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StationConfig {
+    #[serde(default)]
+    pub description: String,
+    /// Role name -> instrument id, e.g. `analyzer = "pa1"`. Recipes name roles.
+    pub roles: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollConfig {
+    pub instrument: String,
+    pub quantities: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}

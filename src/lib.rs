@@ -1,0 +1,21 @@
+//! labgate: an instrument gateway for product-quality test benches.
+//!
+//! Layers, from the wire up (see ARCHITECTURE.md):
+//! - [`link`]: one task per physical connection (TCP or serial) that serializes every request.
+//! - [`scpi`] and [`modbus`]: the two protocol engines a link speaks.
+//! - [`driver`]: instrument models described in TOML files.
+//! - [`instrument`]: a driver bound to a link; reads quantities and runs actions.
+//! - [`config`]: the bench description; [`diag`] reports problems with file:line:col.
+//! - [`sim`]: built-in simulated instruments for demos and tests.
+//! - [`cli`]: the `labgate` command line.
+
+pub mod cli;
+pub mod config;
+pub mod diag;
+pub mod driver;
+pub mod instrument;
+pub mod link;
+pub mod modbus;
+pub mod reading;
+pub mod scpi;
+pub mod sim;

@@ -1,0 +1,5 @@
+//! The Modbus engine: value codecs, read planning and exceptions on top of tokio-modbus.
+
+pub mod exception;
+pub mod plan;
+pub mod value;

@@ -1,0 +1,3 @@
+//! The SCPI engine: line framing, queries, numeric parsing and the error queue.
+
+pub mod parse;
