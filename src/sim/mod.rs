@@ -1,1 +1,3 @@
-//! TODO
+//! Built-in simulated instruments served on loopback (and on pseudo-terminals).
+
+pub mod fault;
