@@ -1,1 +1,783 @@
-//! TODO
+//! An instrument: a driver file bound to a link (and a Modbus unit id).
+//!
+//! This is where driver declarations turn into link requests: which query or registers to read
+//! for a quantity, how to parse the reply, how to render an action's commands, how to wait for a
+//! triggered measurement. Nothing here touches a socket; the link does.
+
+pub mod args;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::driver::schema::{
+    Action, DriverFile, Parse, Protocol, Quantity, ScpiSettings, Wait,
+};
+use crate::driver::Driver;
+use crate::link::{LinkError, LinkHandle, ScpiSetup, ScpiStep};
+use crate::modbus::ops::{ModbusOp, ModbusReply};
+use crate::modbus::plan::{plan_reads, ReadItem};
+use crate::modbus::value::{self as mv, Decoded, Table, ValueType, WordOrder};
+use crate::reading::{Reading, Value};
+use crate::scpi::parse;
+use crate::scpi::session::Framing;
+use args::{ArgError, ArgValue};
+
+const DEFAULT_MEASUREMENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// The error queue is read until "no error", but never forever (a babbling instrument).
+const MAX_ERROR_QUEUE_READS: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstrumentError {
+    #[error("instrument {instrument}: unknown {what} `{name}` (driver {driver} has: {known})")]
+    Unknown {
+        instrument: String,
+        driver: String,
+        what: &'static str,
+        name: String,
+        known: String,
+    },
+    #[error("instrument {instrument}: {context}: {source}")]
+    Link {
+        instrument: String,
+        context: String,
+        #[source]
+        source: LinkError,
+    },
+    #[error("instrument {instrument}: {quantity}: cannot use reply {reply:?}: {message}")]
+    Parse {
+        instrument: String,
+        quantity: String,
+        reply: String,
+        message: String,
+    },
+    /// The instrument's own error queue reported a problem after a command.
+    #[error("instrument {instrument}: `{command}` was refused: error {code}, {message:?}")]
+    Refused {
+        instrument: String,
+        command: String,
+        code: i32,
+        message: String,
+    },
+    #[error("instrument {instrument}: action {action}: {source}")]
+    Args {
+        instrument: String,
+        action: String,
+        #[source]
+        source: ArgError,
+    },
+    #[error("instrument {instrument}: measurement {measurement} not complete within {timeout:?}")]
+    MeasurementTimeout {
+        instrument: String,
+        measurement: String,
+        timeout: Duration,
+    },
+    #[error("instrument {instrument}: {message}")]
+    Invalid { instrument: String, message: String },
+}
+
+impl InstrumentError {
+    /// The link-level error underneath, if any.
+    pub fn link_error(&self) -> Option<&LinkError> {
+        match self {
+            InstrumentError::Link { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// One way to get a set of quantities from a SCPI instrument.
+#[derive(Debug, PartialEq)]
+enum ScpiFetch<'a> {
+    Single(&'a str),
+    /// A block query and the (field index, quantity) pairs wanted from it.
+    Block(&'a str, Vec<(usize, &'a str)>),
+}
+
+#[derive(Clone)]
+pub struct Instrument {
+    id: Arc<str>,
+    driver: Arc<Driver>,
+    link: LinkHandle,
+    unit: u8,
+}
+
+impl std::fmt::Debug for Instrument {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instrument")
+            .field("id", &self.id)
+            .field("driver", &self.driver.name())
+            .field("link", &self.link.name())
+            .finish()
+    }
+}
+
+/// The SCPI link preparation a driver asks for.
+pub fn scpi_setup(driver: &DriverFile, skip_identity: bool) -> ScpiSetup {
+    let s = driver.scpi.clone().unwrap_or_default();
+    let mut framing = Framing::default();
+    framing.write_termination = s.write_termination.into_bytes();
+    framing.read_termination = s.read_termination.into_bytes();
+    let identity = if skip_identity {
+        None
+    } else {
+        driver.identity.as_ref().and_then(|i| {
+            i.query
+                .as_ref()
+                .map(|q| (q.clone(), i.contains.clone()))
+        })
+    };
+    ScpiSetup {
+        framing,
+        init: driver.init.clone(),
+        identity,
+    }
+}
+
+impl Instrument {
+    pub fn new(id: &str, driver: Arc<Driver>, link: LinkHandle, unit: Option<u8>) -> Instrument {
+        Instrument {
+            id: Arc::from(id),
+            driver,
+            link,
+            unit: unit.unwrap_or(1),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn driver(&self) -> &Arc<Driver> {
+        &self.driver
+    }
+
+    pub fn link(&self) -> &LinkHandle {
+        &self.link
+    }
+
+    fn file(&self) -> &DriverFile {
+        &self.driver.file
+    }
+
+    fn scpi_settings(&self) -> ScpiSettings {
+        self.file().scpi.clone().unwrap_or_default()
+    }
+
+    fn unknown(&self, what: &'static str, name: &str, known: Vec<&String>) -> InstrumentError {
+        InstrumentError::Unknown {
+            instrument: self.id.to_string(),
+            driver: self.driver.name().to_string(),
+            what,
+            name: name.to_string(),
+            known: if known.is_empty() {
+                "none".into()
+            } else {
+                known
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        }
+    }
+
+    fn link_err(&self, context: impl Into<String>, source: LinkError) -> InstrumentError {
+        InstrumentError::Link {
+            instrument: self.id.to_string(),
+            context: context.into(),
+            source,
+        }
+    }
+
+    fn quantity(&self, name: &str) -> Result<&Quantity, InstrumentError> {
+        self.file()
+            .quantities
+            .get(name)
+            .ok_or_else(|| self.unknown("quantity", name, self.file().quantities.keys().collect()))
+    }
+
+    /// Read quantities now. Each reading carries the driver's unit; instrument "no data"
+    /// markers come back as [`Value::Invalid`], not as an error.
+    pub async fn read(&self, names: &[&str]) -> Result<Vec<Reading>, InstrumentError> {
+        for n in names {
+            self.quantity(n)?;
+        }
+        match self.file().driver.protocol {
+            Protocol::Scpi => self.read_scpi(names).await,
+            Protocol::Modbus => self.read_modbus(names).await,
+        }
+    }
+
+    fn plan_scpi<'a>(&'a self, names: &[&'a str]) -> Result<Vec<ScpiFetch<'a>>, InstrumentError> {
+        let file = self.file();
+        let mut plan = Vec::new();
+        let mut covered: Vec<&str> = Vec::new();
+        for &name in names {
+            if covered.contains(&name) {
+                continue;
+            }
+            let q = self.quantity(name)?;
+            // The block that serves the most of the still-wanted quantities in one query.
+            let best = file
+                .blocks
+                .iter()
+                .filter(|(_, b)| b.fields.iter().any(|f| f == name))
+                .map(|(bname, b)| {
+                    let wanted: Vec<(usize, &str)> = b
+                        .fields
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, f)| names.contains(&f.as_str()) && !covered.contains(&f.as_str()))
+                        .map(|(i, f)| (i, f.as_str()))
+                        .collect();
+                    (bname.as_str(), wanted)
+                })
+                .max_by_key(|(_, w)| w.len());
+            match (q.query.is_some(), best) {
+                (true, Some((b, wanted))) if wanted.len() >= 2 => {
+                    covered.extend(wanted.iter().map(|(_, n)| *n));
+                    plan.push(ScpiFetch::Block(b, wanted));
+                }
+                (true, _) => {
+                    covered.push(name);
+                    plan.push(ScpiFetch::Single(name));
+                }
+                (false, Some((b, wanted))) => {
+                    covered.extend(wanted.iter().map(|(_, n)| *n));
+                    plan.push(ScpiFetch::Block(b, wanted));
+                }
+                (false, None) => {
+                    return Err(InstrumentError::Invalid {
+                        instrument: self.id.to_string(),
+                        message: format!(
+                            "quantity {name} has no query and no block provides it (driver {})",
+                            self.driver.name()
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(plan)
+    }
+
+    async fn read_scpi(&self, names: &[&str]) -> Result<Vec<Reading>, InstrumentError> {
+        let file = self.file();
+        let settings = self.scpi_settings();
+        let default_timeout = settings.timeout.unwrap_or(self.link.timeout());
+        let plan = self.plan_scpi(names)?;
+        let steps: Vec<ScpiStep> = plan
+            .iter()
+            .map(|f| match f {
+                ScpiFetch::Single(n) => {
+                    let q = &file.quantities[*n];
+                    ScpiStep::Query {
+                        text: q.query.clone().unwrap_or_default(),
+                        timeout: q.timeout.unwrap_or(default_timeout),
+                    }
+                }
+                ScpiFetch::Block(b, _) => {
+                    let block = &file.blocks[*b];
+                    ScpiStep::Query {
+                        text: block.query.clone(),
+                        timeout: block.timeout.unwrap_or(default_timeout),
+                    }
+                }
+            })
+            .collect();
+        let replies = self
+            .link
+            .scpi(steps)
+            .await
+            .map_err(|e| self.link_err(format!("read {}", names.join(", ")), e))?;
+        let at = SystemTime::now();
+        let mut by_name: BTreeMap<&str, Reading> = BTreeMap::new();
+        for (fetch, reply) in plan.iter().zip(replies) {
+            let reply = reply.unwrap_or_default();
+            match fetch {
+                ScpiFetch::Single(n) => {
+                    let q = &file.quantities[*n];
+                    let token = match q.field {
+                        Some(i) => parse::field(&reply, &settings.separator, i)
+                            .map_err(|e| self.parse_err(n, &reply, e.to_string()))?,
+                        None => reply.as_str(),
+                    };
+                    let value = self.parse_scpi_value(n, q, token, &settings)?;
+                    by_name.insert(n, self.reading(n, q, value, at, &reply));
+                }
+                ScpiFetch::Block(_, wanted) => {
+                    for (i, n) in wanted {
+                        let q = &file.quantities[*n];
+                        let token = parse::field(&reply, &settings.separator, *i)
+                            .map_err(|e| self.parse_err(n, &reply, e.to_string()))?;
+                        let value = self.parse_scpi_value(n, q, token, &settings)?;
+                        by_name.insert(n, self.reading(n, q, value, at, token));
+                    }
+                }
+            }
+        }
+        Ok(names
+            .iter()
+            .filter_map(|n| by_name.get(n).cloned())
+            .collect())
+    }
+
+    fn parse_err(&self, quantity: &str, reply: &str, message: String) -> InstrumentError {
+        let mut preview: String = reply.chars().take(120).collect();
+        if preview.len() < reply.len() {
+            preview.push('…');
+        }
+        InstrumentError::Parse {
+            instrument: self.id.to_string(),
+            quantity: quantity.to_string(),
+            reply: preview,
+            message,
+        }
+    }
+
+    fn parse_scpi_value(
+        &self,
+        name: &str,
+        q: &Quantity,
+        token: &str,
+        s: &ScpiSettings,
+    ) -> Result<Value, InstrumentError> {
+        let value = match q.parse {
+            Parse::Number => parse::parse_number(token, &s.invalid)
+                .map_err(|e| self.parse_err(name, token, e.to_string()))?,
+            Parse::List => parse::list_value(
+                parse::parse_list(token, &s.separator, &s.invalid)
+                    .map_err(|e| self.parse_err(name, token, e.to_string()))?,
+            ),
+            Parse::Bool => Value::Bool(
+                parse::parse_bool(token).map_err(|e| self.parse_err(name, token, e.to_string()))?,
+            ),
+            Parse::Text => Value::Text(token.trim().to_string()),
+        };
+        Ok(scaled(value, q.scale, q.offset))
+    }
+
+    fn reading(&self, name: &str, q: &Quantity, value: Value, at: SystemTime, raw: &str) -> Reading {
+        Reading {
+            quantity: name.to_string(),
+            value,
+            unit: q.unit.clone(),
+            at,
+            raw: Some(raw.to_string()),
+        }
+    }
+
+    fn modbus_base(&self) -> u16 {
+        self.file()
+            .modbus
+            .as_ref()
+            .map(|m| m.address_base as u16)
+            .unwrap_or(0)
+    }
+
+    fn modbus_timeout(&self) -> Option<Duration> {
+        self.file().modbus.as_ref().and_then(|m| m.timeout)
+    }
+
+    fn default_order(&self) -> WordOrder {
+        self.file()
+            .modbus
+            .as_ref()
+            .and_then(|m| m.order)
+            .unwrap_or_default()
+    }
+
+    async fn read_modbus(&self, names: &[&str]) -> Result<Vec<Reading>, InstrumentError> {
+        let base = self.modbus_base();
+        let (max_gap, max_count) = self
+            .file()
+            .modbus
+            .as_ref()
+            .map(|m| (m.max_gap, m.max_count))
+            .unwrap_or((10, 100));
+        let mut items = Vec::with_capacity(names.len());
+        for (key, name) in names.iter().enumerate() {
+            let q = self.quantity(name)?;
+            let (Some(table), Some(address), Some(ty)) = (q.table, q.address, q.value_type) else {
+                return Err(InstrumentError::Invalid {
+                    instrument: self.id.to_string(),
+                    message: format!("quantity {name} has no table/address/type"),
+                });
+            };
+            items.push(ReadItem {
+                key,
+                table,
+                address: address.saturating_sub(base),
+                count: ty.registers(q.length),
+            });
+        }
+        let blocks = plan_reads(&items, max_gap, max_count);
+        let at = SystemTime::now();
+        let mut out: Vec<Option<Reading>> = vec![None; names.len()];
+        for block in blocks {
+            let op = ModbusOp::Read {
+                table: block.table,
+                address: block.address,
+                count: block.count,
+            };
+            let reply = self
+                .link
+                .modbus(self.unit, op, self.modbus_timeout())
+                .await
+                .map_err(|e| self.link_err(format!("read {}", names.join(", ")), e))?;
+            for (key, offset) in &block.items {
+                let name = names[*key];
+                let q = self.quantity(name)?;
+                let ty = q.value_type.unwrap_or(ValueType::U16);
+                let n = ty.registers(q.length) as usize;
+                let off = *offset as usize;
+                let (decoded, raw) = match &reply {
+                    ModbusReply::Words(w) => {
+                        let slice = w.get(off..off + n).ok_or_else(|| {
+                            self.parse_err(name, &format!("{w:?}"), "reply too short".into())
+                        })?;
+                        let d = mv::decode(slice, ty, q.order.unwrap_or(self.default_order()), q.bit)
+                            .map_err(|e| self.parse_err(name, &format!("{slice:?}"), e.to_string()))?;
+                        (d, format!("{slice:?}"))
+                    }
+                    ModbusReply::Bits(b) => {
+                        let bit = *b.get(off).ok_or_else(|| {
+                            self.parse_err(name, &format!("{b:?}"), "reply too short".into())
+                        })?;
+                        (Decoded::Bool(bit), bit.to_string())
+                    }
+                    ModbusReply::Written => {
+                        return Err(self.parse_err(name, "", "unexpected write reply".into()));
+                    }
+                };
+                let value = match decoded {
+                    Decoded::Number(v) => Value::Number(v),
+                    Decoded::Bool(b) => Value::Bool(b),
+                    Decoded::Text(t) => Value::Text(t),
+                };
+                out[*key] = Some(self.reading(name, q, scaled(value, q.scale, q.offset), at, &raw));
+            }
+        }
+        Ok(out.into_iter().flatten().collect())
+    }
+
+    fn action(&self, name: &str) -> Result<&Action, InstrumentError> {
+        self.file()
+            .actions
+            .get(name)
+            .ok_or_else(|| self.unknown("action", name, self.file().actions.keys().collect()))
+    }
+
+    /// Run a named action with `key=value` arguments (typed and range-checked by the driver).
+    pub async fn act(
+        &self,
+        name: &str,
+        given: &BTreeMap<String, String>,
+    ) -> Result<(), InstrumentError> {
+        let action = self.action(name)?;
+        let args = args::resolve_args(name, action, given).map_err(|source| InstrumentError::Args {
+            instrument: self.id.to_string(),
+            action: name.to_string(),
+            source,
+        })?;
+        self.run_action(name, action, &args).await
+    }
+
+    /// Run a named action with typed arguments (from a recipe or an API body).
+    pub async fn act_typed(
+        &self,
+        name: &str,
+        given: &BTreeMap<String, toml::Value>,
+    ) -> Result<(), InstrumentError> {
+        let action = self.action(name)?;
+        let args = args::resolve_typed_args(name, action, given).map_err(|source| {
+            InstrumentError::Args {
+                instrument: self.id.to_string(),
+                action: name.to_string(),
+                source,
+            }
+        })?;
+        self.run_action(name, action, &args).await
+    }
+
+    async fn run_action(
+        &self,
+        name: &str,
+        action: &Action,
+        args: &BTreeMap<String, ArgValue>,
+    ) -> Result<(), InstrumentError> {
+        match self.file().driver.protocol {
+            Protocol::Scpi => {
+                let mut commands = Vec::with_capacity(action.commands.len());
+                for t in &action.commands {
+                    commands.push(args::render(t, args, &action.args).map_err(|source| {
+                        InstrumentError::Args {
+                            instrument: self.id.to_string(),
+                            action: name.to_string(),
+                            source,
+                        }
+                    })?);
+                }
+                self.scpi_commands(&commands).await?;
+            }
+            Protocol::Modbus => {
+                for w in &action.writes {
+                    let value = match (&w.arg, w.value) {
+                        (Some(a), _) => args.get(a).and_then(ArgValue::as_f64).ok_or_else(|| {
+                            InstrumentError::Invalid {
+                                instrument: self.id.to_string(),
+                                message: format!("action {name}: argument {a} has no numeric value"),
+                            }
+                        })?,
+                        (None, Some(v)) => v,
+                        (None, None) => {
+                            return Err(InstrumentError::Invalid {
+                                instrument: self.id.to_string(),
+                                message: format!("action {name}: a write has neither arg nor value"),
+                            });
+                        }
+                    };
+                    let op = self.write_op(name, w, value)?;
+                    let desc = op.to_string();
+                    self.link
+                        .modbus(self.unit, op, self.modbus_timeout())
+                        .await
+                        .map_err(|e| self.link_err(format!("action {name}: {desc}"), e))?;
+                }
+            }
+        }
+        if let Some(settle) = action.settle {
+            tokio::time::sleep(settle).await;
+        }
+        Ok(())
+    }
+
+    fn write_op(
+        &self,
+        action: &str,
+        w: &crate::driver::schema::ModbusWrite,
+        value: f64,
+    ) -> Result<ModbusOp, InstrumentError> {
+        let address = w.address.saturating_sub(self.modbus_base());
+        let bad = |message: String| InstrumentError::Invalid {
+            instrument: self.id.to_string(),
+            message: format!("action {action}: {message}"),
+        };
+        match w.table {
+            Table::Coil => Ok(ModbusOp::WriteCoil {
+                address,
+                value: value != 0.0,
+            }),
+            Table::Holding => {
+                let ty = w.value_type.unwrap_or(ValueType::U16);
+                if ty == ValueType::Bit {
+                    let bit = w.bit.unwrap_or(0).min(15);
+                    let mask = 1u16 << bit;
+                    return Ok(ModbusOp::MaskWrite {
+                        address,
+                        and_mask: !mask,
+                        or_mask: if value != 0.0 { mask } else { 0 },
+                    });
+                }
+                let raw = mv::unscale(value, w.scale, w.offset);
+                let decoded = if ty == ValueType::Bool {
+                    Decoded::Bool(raw != 0.0)
+                } else {
+                    Decoded::Number(raw)
+                };
+                let words = mv::encode(&decoded, ty, w.order.unwrap_or(self.default_order()), None)
+                    .map_err(|e| bad(format!("register {}: {e}", w.address)))?;
+                Ok(if words.len() == 1 {
+                    ModbusOp::WriteRegister {
+                        address,
+                        value: words[0],
+                    }
+                } else {
+                    ModbusOp::WriteRegisters {
+                        address,
+                        values: words,
+                    }
+                })
+            }
+            t => Err(bad(format!("table {t:?} is read-only"))),
+        }
+    }
+
+    /// Send SCPI commands; with `check_errors`, read the error queue after each and fail on the
+    /// first entry that is not "no error".
+    async fn scpi_commands(&self, commands: &[String]) -> Result<(), InstrumentError> {
+        let s = self.scpi_settings();
+        let check = if s.check_errors { s.error_query.clone() } else { None };
+        let timeout = s.timeout.unwrap_or(self.link.timeout());
+        let mut steps = Vec::new();
+        for c in commands {
+            steps.push(ScpiStep::Write(c.clone()));
+            if let Some(q) = &check {
+                steps.push(ScpiStep::Query {
+                    text: q.clone(),
+                    timeout,
+                });
+            }
+        }
+        let replies = self
+            .link
+            .scpi(steps)
+            .await
+            .map_err(|e| self.link_err(format!("`{}`", commands.join("; ")), e))?;
+        if check.is_some() {
+            for (cmd, reply) in commands.iter().zip(replies.iter().skip(1).step_by(2)) {
+                let reply = reply.as_deref().unwrap_or_default();
+                let entry = parse::parse_error_entry(reply)
+                    .map_err(|e| self.parse_err("error queue", reply, e.to_string()))?;
+                if !entry.is_no_error() {
+                    // Drain the rest so the next command starts from an empty queue.
+                    let _ = self.drain_errors().await;
+                    return Err(InstrumentError::Refused {
+                        instrument: self.id.to_string(),
+                        command: cmd.clone(),
+                        code: entry.code,
+                        message: entry.message,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Read the error queue until it reports no error; returns the entries read.
+    pub async fn drain_errors(&self) -> Result<Vec<parse::ErrorEntry>, InstrumentError> {
+        let s = self.scpi_settings();
+        let Some(q) = s.error_query else {
+            return Ok(Vec::new());
+        };
+        let timeout = s.timeout.unwrap_or(self.link.timeout());
+        let mut out = Vec::new();
+        for _ in 0..MAX_ERROR_QUEUE_READS {
+            let reply = self
+                .link
+                .scpi(vec![ScpiStep::Query {
+                    text: q.clone(),
+                    timeout,
+                }])
+                .await
+                .map_err(|e| self.link_err(q.clone(), e))?;
+            let reply = reply.into_iter().flatten().next().unwrap_or_default();
+            let entry = parse::parse_error_entry(&reply)
+                .map_err(|e| self.parse_err("error queue", &reply, e.to_string()))?;
+            if entry.is_no_error() {
+                break;
+            }
+            out.push(entry);
+        }
+        Ok(out)
+    }
+
+    /// Start a triggered measurement, wait for it to complete, then read what it fetches.
+    pub async fn measure(&self, name: &str) -> Result<Vec<Reading>, InstrumentError> {
+        let file = self.file();
+        let m = file.measurements.get(name).ok_or_else(|| {
+            self.unknown("measurement", name, file.measurements.keys().collect())
+        })?;
+        let timeout = m.timeout.unwrap_or(DEFAULT_MEASUREMENT_TIMEOUT);
+        self.scpi_commands(&m.start).await?;
+        let started = tokio::time::Instant::now();
+        let timed_out = || InstrumentError::MeasurementTimeout {
+            instrument: self.id.to_string(),
+            measurement: name.to_string(),
+            timeout,
+        };
+        match &m.wait {
+            Wait::Opc(q) => {
+                let r = self
+                    .link
+                    .scpi(vec![ScpiStep::Query {
+                        text: q.clone(),
+                        timeout,
+                    }])
+                    .await;
+                match r {
+                    Ok(_) => {}
+                    Err(LinkError::Timeout { .. }) => return Err(timed_out()),
+                    Err(e) => return Err(self.link_err(format!("measurement {name}: {q}"), e)),
+                }
+            }
+            Wait::Poll {
+                query,
+                until,
+                interval,
+            } => loop {
+                let reply = self
+                    .link
+                    .scpi(vec![ScpiStep::Query {
+                        text: query.clone(),
+                        timeout: self.link.timeout(),
+                    }])
+                    .await
+                    .map_err(|e| self.link_err(format!("measurement {name}: {query}"), e))?;
+                let reply = reply.into_iter().flatten().next().unwrap_or_default();
+                if reply.trim().eq_ignore_ascii_case(until.trim()) {
+                    break;
+                }
+                if started.elapsed() + *interval > timeout {
+                    return Err(timed_out());
+                }
+                tokio::time::sleep(*interval).await;
+            },
+            Wait::Delay(d) => tokio::time::sleep(*d).await,
+        }
+        let mut wanted: Vec<&str> = Vec::new();
+        for f in &m.fetch {
+            if let Some(b) = file.blocks.get(f) {
+                wanted.extend(b.fields.iter().filter(|s| !s.is_empty()).map(|s| s.as_str()));
+            } else {
+                wanted.push(f.as_str());
+            }
+        }
+        self.read(&wanted).await
+    }
+
+    /// Send a raw SCPI line: a query (contains `?`) returns its reply.
+    pub async fn scpi_raw(&self, text: &str) -> Result<Option<String>, InstrumentError> {
+        let s = self.scpi_settings();
+        let step = if text.contains('?') {
+            ScpiStep::Query {
+                text: text.to_string(),
+                timeout: s.timeout.unwrap_or(self.link.timeout()),
+            }
+        } else {
+            ScpiStep::Write(text.to_string())
+        };
+        let r = self
+            .link
+            .scpi(vec![step])
+            .await
+            .map_err(|e| self.link_err(format!("`{text}`"), e))?;
+        Ok(r.into_iter().flatten().next())
+    }
+
+    /// One raw Modbus transaction with this instrument's unit id.
+    pub async fn modbus_raw(&self, op: ModbusOp) -> Result<ModbusReply, InstrumentError> {
+        let desc = op.to_string();
+        self.link
+            .modbus(self.unit, op, self.modbus_timeout())
+            .await
+            .map_err(|e| self.link_err(desc, e))
+    }
+
+    /// Convert a 0/1-based driver address into a protocol address.
+    pub fn protocol_address(&self, address: u16) -> u16 {
+        address.saturating_sub(self.modbus_base())
+    }
+}
+
+fn scaled(value: Value, scale: Option<f64>, offset: Option<f64>) -> Value {
+    match value {
+        Value::Number(v) if scale.is_some() || offset.is_some() => {
+            Value::Number(mv::scale(v, scale, offset))
+        }
+        Value::List(l) if scale.is_some() || offset.is_some() => {
+            Value::List(l.into_iter().map(|v| mv::scale(v, scale, offset)).collect())
+        }
+        v => v,
+    }
+}

@@ -1,1 +1,711 @@
-//! TODO
+//! Links: one task per physical connection.
+//!
+//! A [`Link`] task owns the TCP socket or serial port and runs one request at a time, so an RS-485
+//! bus shared by several Modbus unit ids never carries two interleaved queries. Callers hold a
+//! cheap [`LinkHandle`] and get an answer or a typed [`LinkError`], never a hang: every exchange
+//! runs under a timeout, and after an I/O error, a timeout or a mismatched reply the task drops
+//! the connection (so a late reply cannot be mistaken for the next one) and reconnects with
+//! capped exponential backoff.
+
+pub mod backoff;
+pub mod transport;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::config::schema::{LinkConfig, LinkProtocol, Transport};
+use crate::modbus::ops::{self, ModbusError, ModbusOp, ModbusReply};
+use crate::scpi::session::{Framing, ScpiConn, ScpiIoError};
+use backoff::Backoff;
+use transport::Stream;
+
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+pub const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_millis(200);
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How long a caller waits for its turn on a busy link before giving up.
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
+const QUEUE_DEPTH: usize = 256;
+
+/// Where a link stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkState {
+    /// Not connected yet: the first attempt is in progress or about to be.
+    Connecting,
+    Connected,
+    /// The connection was lost or could not be made; retrying with backoff.
+    Reconnecting,
+    /// The connection works but the far end is not what it should be (wrong identity), or the
+    /// port cannot be opened for a reason retrying will not fix soon (permission). Still retried,
+    /// at the slowest backoff.
+    Failed,
+    /// The link task has ended (shutdown).
+    Closed,
+}
+
+impl std::fmt::Display for LinkState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LinkState::Connecting => "connecting",
+            LinkState::Connected => "connected",
+            LinkState::Reconnecting => "reconnecting",
+            LinkState::Failed => "failed",
+            LinkState::Closed => "closed",
+        })
+    }
+}
+
+/// A snapshot of a link, published after every change.
+#[derive(Debug, Clone, Serialize)]
+pub struct LinkStatus {
+    pub state: LinkState,
+    pub endpoint: String,
+    pub last_error: Option<String>,
+    pub connected_since: Option<SystemTime>,
+    /// Connections made after the first one.
+    pub reconnects: u64,
+    /// Failed connection attempts since the last success.
+    pub attempt: u32,
+    /// The `*IDN?` (or identity quantity) reply seen on the current connection.
+    pub identity: Option<String>,
+    pub requests_ok: u64,
+    pub requests_failed: u64,
+}
+
+/// Why a request on a link did not get an answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LinkError {
+    #[error("link {link} ({endpoint}) is {state}: {last_error}; next attempt in {retry_in:?}")]
+    Down {
+        link: String,
+        endpoint: String,
+        state: LinkState,
+        last_error: String,
+        retry_in: Duration,
+    },
+    #[error("link {link} ({endpoint}): no reply to `{request}` within {timeout:?}")]
+    Timeout {
+        link: String,
+        endpoint: String,
+        request: String,
+        timeout: Duration,
+    },
+    #[error("link {link} ({endpoint}): {request}: {message}")]
+    Io {
+        link: String,
+        endpoint: String,
+        request: String,
+        message: String,
+    },
+    /// The instrument answered with something that is not a reply to the request.
+    #[error("link {link} ({endpoint}): {request}: mismatched reply: {message}")]
+    Mismatch {
+        link: String,
+        endpoint: String,
+        request: String,
+        message: String,
+    },
+    /// A Modbus exception: the device understood and said no; the link stays up.
+    #[error("link {link}: unit {unit}: {request}: modbus exception {code:#04x} ({name})")]
+    Exception {
+        link: String,
+        unit: u8,
+        request: String,
+        code: u8,
+        name: &'static str,
+    },
+    #[error("link {link}: {message}")]
+    Busy { link: String, message: String },
+    #[error("link {link} speaks {protocol}, which cannot carry a {wanted} request")]
+    WrongProtocol {
+        link: String,
+        protocol: LinkProtocol,
+        wanted: &'static str,
+    },
+    #[error("link {link} is closed")]
+    Closed { link: String },
+}
+
+impl LinkError {
+    /// True when the instrument itself refused the request (the link is fine).
+    pub fn is_device_refusal(&self) -> bool {
+        matches!(self, LinkError::Exception { .. })
+    }
+}
+
+/// One SCPI exchange step.
+#[derive(Debug, Clone)]
+pub enum ScpiStep {
+    Write(String),
+    Query { text: String, timeout: Duration },
+}
+
+/// How a SCPI link prepares each new connection: framing, init commands and the identity check.
+#[derive(Debug, Clone, Default)]
+pub struct ScpiSetup {
+    pub framing: Framing,
+    pub init: Vec<String>,
+    /// Identity query and the substrings its reply must contain (case-insensitive).
+    pub identity: Option<(String, Vec<String>)>,
+}
+
+/// Link settings resolved from the config, with defaults applied.
+#[derive(Debug, Clone)]
+pub struct LinkSpec {
+    pub name: String,
+    pub protocol: LinkProtocol,
+    pub transport: Transport,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// Minimum silence between Modbus RTU frames (t3.5 plus any configured extra).
+    pub inter_frame: Duration,
+    pub queue_timeout: Duration,
+}
+
+impl LinkSpec {
+    pub fn from_config(name: &str, c: &LinkConfig) -> LinkSpec {
+        let t35 = match (&c.transport, c.protocol) {
+            (Transport::Serial { baud, .. }, LinkProtocol::ModbusRtu) => transport::t35(*baud),
+            _ => Duration::ZERO,
+        };
+        LinkSpec {
+            name: name.to_string(),
+            protocol: c.protocol,
+            transport: c.transport.clone(),
+            timeout: c.timeout.unwrap_or(DEFAULT_TIMEOUT),
+            connect_timeout: c.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            backoff_initial: c.backoff_initial.unwrap_or(DEFAULT_BACKOFF_INITIAL),
+            backoff_max: c.backoff_max.unwrap_or(DEFAULT_BACKOFF_MAX),
+            inter_frame: t35 + c.inter_frame_delay.unwrap_or(Duration::ZERO),
+            queue_timeout: DEFAULT_QUEUE_TIMEOUT,
+        }
+    }
+}
+
+enum Job {
+    Scpi {
+        steps: Vec<ScpiStep>,
+        reply: oneshot::Sender<Result<Vec<Option<String>>, LinkError>>,
+    },
+    Modbus {
+        unit: u8,
+        op: ModbusOp,
+        timeout: Option<Duration>,
+        reply: oneshot::Sender<Result<ModbusReply, LinkError>>,
+    },
+}
+
+/// A cheap, cloneable way to use a link.
+#[derive(Clone)]
+pub struct LinkHandle {
+    name: Arc<str>,
+    protocol: LinkProtocol,
+    queue_timeout: Duration,
+    default_timeout: Duration,
+    tx: mpsc::Sender<Job>,
+    status: watch::Receiver<LinkStatus>,
+}
+
+impl std::fmt::Debug for LinkHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkHandle").field("name", &self.name).finish()
+    }
+}
+
+impl LinkHandle {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn protocol(&self) -> LinkProtocol {
+        self.protocol
+    }
+
+    /// The link's default request timeout.
+    pub fn timeout(&self) -> Duration {
+        self.default_timeout
+    }
+
+    pub fn status(&self) -> LinkStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Subscribe to status changes.
+    pub fn watch(&self) -> watch::Receiver<LinkStatus> {
+        self.status.clone()
+    }
+
+    /// Run SCPI steps back to back, with nothing else on the link in between. Returns one entry
+    /// per step: `Some(reply)` for queries, `None` for writes.
+    pub async fn scpi(&self, steps: Vec<ScpiStep>) -> Result<Vec<Option<String>>, LinkError> {
+        if self.protocol != LinkProtocol::Scpi {
+            return Err(LinkError::WrongProtocol {
+                link: self.name.to_string(),
+                protocol: self.protocol,
+                wanted: "scpi",
+            });
+        }
+        let budget: Duration = steps
+            .iter()
+            .map(|s| match s {
+                ScpiStep::Write(_) => self.default_timeout,
+                ScpiStep::Query { timeout, .. } => *timeout,
+            })
+            .sum();
+        let (reply, rx) = oneshot::channel();
+        self.submit(Job::Scpi { steps, reply }, rx, budget).await
+    }
+
+    /// One Modbus transaction with unit `unit`; `timeout` overrides the link default.
+    pub async fn modbus(
+        &self,
+        unit: u8,
+        op: ModbusOp,
+        timeout: Option<Duration>,
+    ) -> Result<ModbusReply, LinkError> {
+        if self.protocol == LinkProtocol::Scpi {
+            return Err(LinkError::WrongProtocol {
+                link: self.name.to_string(),
+                protocol: self.protocol,
+                wanted: "modbus",
+            });
+        }
+        let budget = timeout.unwrap_or(self.default_timeout);
+        let (reply, rx) = oneshot::channel();
+        self.submit(
+            Job::Modbus {
+                unit,
+                op,
+                timeout,
+                reply,
+            },
+            rx,
+            budget,
+        )
+        .await
+    }
+
+    async fn submit<T>(
+        &self,
+        job: Job,
+        rx: oneshot::Receiver<Result<T, LinkError>>,
+        budget: Duration,
+    ) -> Result<T, LinkError> {
+        let closed = || LinkError::Closed {
+            link: self.name.to_string(),
+        };
+        // The link task bounds each exchange itself; this outer deadline only covers the time
+        // spent queued behind other callers, plus slack for connecting.
+        let deadline = self.queue_timeout + budget + DEFAULT_CONNECT_TIMEOUT;
+        let fut = async {
+            self.tx.send(job).await.map_err(|_| closed())?;
+            rx.await.map_err(|_| closed())?
+        };
+        match tokio::time::timeout(deadline, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(LinkError::Busy {
+                link: self.name.to_string(),
+                message: format!("request not served within {deadline:?}: link overloaded"),
+            }),
+        }
+    }
+}
+
+enum Session {
+    Scpi(ScpiConn<Stream>),
+    Modbus(tokio_modbus::client::Context),
+}
+
+/// Start the task that owns a link. The task ends when every handle is dropped.
+pub fn spawn(spec: LinkSpec, scpi: Option<ScpiSetup>) -> LinkHandle {
+    let endpoint = transport::describe(&spec.transport);
+    let (status_tx, status_rx) = watch::channel(LinkStatus {
+        state: LinkState::Connecting,
+        endpoint: endpoint.clone(),
+        last_error: None,
+        connected_since: None,
+        reconnects: 0,
+        attempt: 0,
+        identity: None,
+        requests_ok: 0,
+        requests_failed: 0,
+    });
+    let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+    let handle = LinkHandle {
+        name: Arc::from(spec.name.as_str()),
+        protocol: spec.protocol,
+        queue_timeout: spec.queue_timeout,
+        default_timeout: spec.timeout,
+        tx,
+        status: status_rx,
+    };
+    let actor = Actor {
+        backoff: Backoff::new(spec.backoff_initial, spec.backoff_max),
+        spec,
+        endpoint,
+        scpi: scpi.unwrap_or_default(),
+        session: None,
+        next_attempt: Instant::now(),
+        last_frame: None,
+        ever_connected: false,
+        status: status_tx,
+    };
+    tokio::spawn(actor.run(rx));
+    handle
+}
+
+struct Actor {
+    spec: LinkSpec,
+    endpoint: String,
+    scpi: ScpiSetup,
+    session: Option<Session>,
+    backoff: Backoff,
+    next_attempt: Instant,
+    last_frame: Option<Instant>,
+    ever_connected: bool,
+    status: watch::Sender<LinkStatus>,
+}
+
+/// What went wrong in one exchange, and whether the connection must go.
+struct Failure {
+    error: LinkError,
+    drop_connection: bool,
+}
+
+impl Actor {
+    async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        loop {
+            let reconnect_due = self.session.is_none();
+            tokio::select! {
+                biased;
+                job = rx.recv() => match job {
+                    Some(job) => self.serve(job).await,
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(self.next_attempt), if reconnect_due => {
+                    self.connect().await;
+                }
+            }
+        }
+        if let Some(Session::Modbus(mut ctx)) = self.session.take() {
+            use tokio_modbus::client::Client;
+            let _ = ctx.disconnect().await;
+        }
+        self.status.send_modify(|s| s.state = LinkState::Closed);
+    }
+
+    async fn connect(&mut self) {
+        let result = tokio::time::timeout(self.spec.connect_timeout, self.open_session()).await;
+        let outcome = match result {
+            Ok(Ok((session, identity))) => Ok((session, identity)),
+            Ok(Err((msg, permanent))) => Err((msg, permanent)),
+            Err(_) => Err((
+                format!("connect timed out after {:?}", self.spec.connect_timeout),
+                false,
+            )),
+        };
+        match outcome {
+            Ok((session, identity)) => {
+                self.session = Some(session);
+                self.backoff.reset();
+                let was_connected = self.ever_connected;
+                self.ever_connected = true;
+                tracing::info!(link = %self.spec.name, endpoint = %self.endpoint, "link connected");
+                self.status.send_modify(|s| {
+                    s.state = LinkState::Connected;
+                    s.connected_since = Some(SystemTime::now());
+                    s.attempt = 0;
+                    s.identity = identity;
+                    if was_connected {
+                        s.reconnects += 1;
+                    }
+                });
+            }
+            Err((message, permanent)) => {
+                let delay = if permanent {
+                    self.spec.backoff_max
+                } else {
+                    // Never retry a failed connect immediately.
+                    self.backoff.next_delay().max(self.spec.backoff_initial)
+                };
+                self.next_attempt = Instant::now() + delay;
+                tracing::warn!(link = %self.spec.name, endpoint = %self.endpoint, error = %message, retry_in = ?delay, "link connect failed");
+                let state = if permanent {
+                    LinkState::Failed
+                } else if self.ever_connected {
+                    LinkState::Reconnecting
+                } else {
+                    LinkState::Connecting
+                };
+                self.status.send_modify(|s| {
+                    s.state = state;
+                    s.last_error = Some(message);
+                    s.attempt += 1;
+                    s.identity = None;
+                });
+            }
+        }
+    }
+
+    /// Open the transport and prepare the protocol session. `Err((message, permanent))`.
+    async fn open_session(&mut self) -> Result<(Session, Option<String>), (String, bool)> {
+        let stream = transport::open(&self.spec.transport).await.map_err(|e| {
+            let permanent = e.kind() == std::io::ErrorKind::PermissionDenied;
+            (format!("cannot open {}: {e}", self.endpoint), permanent)
+        })?;
+        match self.spec.protocol {
+            LinkProtocol::Scpi => {
+                let mut conn = ScpiConn::new(stream, self.scpi.framing.clone());
+                for cmd in &self.scpi.init {
+                    tokio::time::timeout(self.spec.timeout, conn.write(cmd))
+                        .await
+                        .map_err(|_| (format!("init `{cmd}`: write timed out"), false))?
+                        .map_err(|e| (format!("init `{cmd}`: {e}"), false))?;
+                }
+                let mut identity = None;
+                if let Some((query, contains)) = &self.scpi.identity {
+                    let reply = tokio::time::timeout(self.spec.timeout, conn.query(query))
+                        .await
+                        .map_err(|_| {
+                            (
+                                format!(
+                                    "identity query `{query}`: no reply within {:?}",
+                                    self.spec.timeout
+                                ),
+                                false,
+                            )
+                        })?
+                        .map_err(|e| (format!("identity query `{query}`: {e}"), false))?;
+                    crate::scpi::parse::check_identity(&reply, contains)
+                        .map_err(|e| (format!("wrong instrument: {e}"), true))?;
+                    identity = Some(reply);
+                }
+                Ok((Session::Scpi(conn), identity))
+            }
+            LinkProtocol::ModbusTcp => Ok((
+                Session::Modbus(tokio_modbus::client::tcp::attach(stream)),
+                None,
+            )),
+            LinkProtocol::ModbusRtu => Ok((
+                Session::Modbus(tokio_modbus::client::rtu::attach(stream)),
+                None,
+            )),
+        }
+    }
+
+    async fn serve(&mut self, job: Job) {
+        if self.session.is_none() {
+            if Instant::now() >= self.next_attempt {
+                self.connect().await;
+            }
+            if self.session.is_none() {
+                let err = self.down_error();
+                match job {
+                    Job::Scpi { reply, .. } => {
+                        let _ = reply.send(Err(err));
+                    }
+                    Job::Modbus { reply, .. } => {
+                        let _ = reply.send(Err(err));
+                    }
+                }
+                self.count(false);
+                return;
+            }
+        }
+        match job {
+            Job::Scpi { steps, reply } => {
+                let result = self.run_scpi(&steps).await;
+                let _ = reply.send(self.settle(result));
+            }
+            Job::Modbus {
+                unit,
+                op,
+                timeout,
+                reply,
+            } => {
+                let result = self.run_modbus(unit, &op, timeout).await;
+                let _ = reply.send(self.settle(result));
+            }
+        }
+    }
+
+    fn settle<T>(&mut self, result: Result<T, Failure>) -> Result<T, LinkError> {
+        match result {
+            Ok(v) => {
+                self.count(true);
+                Ok(v)
+            }
+            Err(f) => {
+                self.count(false);
+                if f.drop_connection {
+                    self.drop_session(&f.error);
+                }
+                Err(f.error)
+            }
+        }
+    }
+
+    fn count(&self, ok: bool) {
+        self.status.send_modify(|s| {
+            if ok {
+                s.requests_ok += 1
+            } else {
+                s.requests_failed += 1
+            }
+        });
+    }
+
+    fn drop_session(&mut self, error: &LinkError) {
+        self.session = None;
+        let delay = self.backoff.next_delay();
+        self.next_attempt = Instant::now() + delay;
+        tracing::warn!(link = %self.spec.name, endpoint = %self.endpoint, %error, "link dropped; reconnecting");
+        let message = error.to_string();
+        self.status.send_modify(|s| {
+            s.state = LinkState::Reconnecting;
+            s.last_error = Some(message);
+            s.connected_since = None;
+            s.identity = None;
+        });
+    }
+
+    fn down_error(&self) -> LinkError {
+        let s = self.status.borrow();
+        LinkError::Down {
+            link: self.spec.name.clone(),
+            endpoint: self.endpoint.clone(),
+            state: s.state,
+            last_error: s
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "not connected".into()),
+            retry_in: self.next_attempt.saturating_duration_since(Instant::now()),
+        }
+    }
+
+    async fn run_scpi(&mut self, steps: &[ScpiStep]) -> Result<Vec<Option<String>>, Failure> {
+        let Some(Session::Scpi(conn)) = self.session.as_mut() else {
+            unreachable!("scpi job on a non-scpi session is refused by the handle")
+        };
+        let link = &self.spec.name;
+        let endpoint = &self.endpoint;
+        let mut out = Vec::with_capacity(steps.len());
+        for step in steps {
+            let (request, timeout) = match step {
+                ScpiStep::Write(t) => (t, self.spec.timeout),
+                ScpiStep::Query { text, timeout } => (text, *timeout),
+            };
+            let fut = async {
+                match step {
+                    ScpiStep::Write(t) => conn.write(t).await.map(|_| None),
+                    ScpiStep::Query { text, .. } => conn.query(text).await.map(Some),
+                }
+            };
+            match tokio::time::timeout(timeout, fut).await {
+                Ok(Ok(reply)) => out.push(reply),
+                Ok(Err(e)) => {
+                    let error = match e {
+                        ScpiIoError::ReplyTooLong { .. } | ScpiIoError::NotUtf8 { .. } => {
+                            LinkError::Mismatch {
+                                link: link.clone(),
+                                endpoint: endpoint.clone(),
+                                request: request.clone(),
+                                message: e.to_string(),
+                            }
+                        }
+                        _ => LinkError::Io {
+                            link: link.clone(),
+                            endpoint: endpoint.clone(),
+                            request: request.clone(),
+                            message: e.to_string(),
+                        },
+                    };
+                    return Err(Failure {
+                        error,
+                        drop_connection: true,
+                    });
+                }
+                Err(_) => {
+                    return Err(Failure {
+                        error: LinkError::Timeout {
+                            link: link.clone(),
+                            endpoint: endpoint.clone(),
+                            request: request.clone(),
+                            timeout,
+                        },
+                        drop_connection: true,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn run_modbus(
+        &mut self,
+        unit: u8,
+        op: &ModbusOp,
+        timeout: Option<Duration>,
+    ) -> Result<ModbusReply, Failure> {
+        // Modbus RTU needs t3.5 of silence between frames; tokio-modbus inserts none.
+        if !self.spec.inter_frame.is_zero()
+            && let Some(last) = self.last_frame
+        {
+            tokio::time::sleep_until(last + self.spec.inter_frame).await;
+        }
+        let Some(Session::Modbus(ctx)) = self.session.as_mut() else {
+            unreachable!("modbus job on a non-modbus session is refused by the handle")
+        };
+        let timeout = timeout.unwrap_or(self.spec.timeout);
+        let result = tokio::time::timeout(timeout, ops::execute(ctx, unit, op)).await;
+        self.last_frame = Some(Instant::now());
+        let request = op.to_string();
+        match result {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(e)) => {
+                let drop_connection = e.is_link_fault();
+                let error = match e {
+                    ModbusError::Exception { code, name } => LinkError::Exception {
+                        link: self.spec.name.clone(),
+                        unit,
+                        request,
+                        code,
+                        name,
+                    },
+                    ModbusError::Mismatch(message) => LinkError::Mismatch {
+                        link: self.spec.name.clone(),
+                        endpoint: self.endpoint.clone(),
+                        request: format!("unit {unit}: {request}"),
+                        message,
+                    },
+                    other => LinkError::Io {
+                        link: self.spec.name.clone(),
+                        endpoint: self.endpoint.clone(),
+                        request: format!("unit {unit}: {request}"),
+                        message: other.to_string(),
+                    },
+                };
+                Err(Failure {
+                    error,
+                    drop_connection,
+                })
+            }
+            Err(_) => Err(Failure {
+                error: LinkError::Timeout {
+                    link: self.spec.name.clone(),
+                    endpoint: self.endpoint.clone(),
+                    request: format!("unit {unit}: {request}"),
+                    timeout,
+                },
+                drop_connection: true,
+            }),
+        }
+    }
+}
