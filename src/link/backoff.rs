@@ -83,7 +83,10 @@ mod tests {
         let nominal = [100, 200, 400, 800, 1000, 1000, 1000];
         for ms in nominal {
             let d = b.next_delay();
-            assert!(within_jitter(d, Duration::from_millis(ms)), "{d:?} vs {ms} ms");
+            assert!(
+                within_jitter(d, Duration::from_millis(ms)),
+                "{d:?} vs {ms} ms"
+            );
         }
         assert_eq!(b.attempt(), 8);
     }
@@ -129,6 +132,10 @@ mod tests {
             })
             .collect();
         assert!(delays.len() > 40, "only {} distinct delays", delays.len());
-        assert!(delays.iter().all(|d| within_jitter(*d, Duration::from_secs(1))));
+        assert!(
+            delays
+                .iter()
+                .all(|d| within_jitter(*d, Duration::from_secs(1)))
+        );
     }
 }
