@@ -418,6 +418,25 @@ mod tests {
     }
 
     #[test]
+    fn random_numbers_round_trip_in_every_notation() {
+        let mut rng = fastrand::Rng::with_seed(42);
+        for _ in 0..5_000 {
+            let mag = 10f64.powi(rng.i32(-30..30));
+            let v = (rng.f64() - 0.5) * mag;
+            for text in [
+                format!("{v}"),
+                format!("{v:E}"),
+                format!("{v:e}"),
+                format!("{v:+.6E}"),
+            ] {
+                let got = num(&text);
+                let want: f64 = text.parse().unwrap();
+                assert_eq!(got, want, "{text}");
+            }
+        }
+    }
+
+    #[test]
     fn garbage_is_an_error_naming_the_token() {
         for bad in [
             "", "abc", "230.0V", "1.2.3", "e5", "1e", "--1", "0x10", "1,5", ". ", "+",

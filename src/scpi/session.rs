@@ -2,9 +2,9 @@
 //!
 //! There are deliberately no timeouts in here: the link actor wraps each whole exchange in
 //! `tokio::time::timeout` and drops the connection after one, so a late reply can never be taken
-//! for the answer to the next query. For the same reason, after any error except
-//! [`ScpiIoError::NotUtf8`] and [`ScpiIoError::CommandHasTerminator`] the stream's framing can no
-//! longer be trusted and the caller should drop the connection.
+//! for the answer to the next query. For the same reason, after an error for which
+//! [`ScpiIoError::needs_reconnect`] is true the stream's framing can no longer be trusted and the
+//! caller should drop the connection.
 //!
 //! Replies are bounded by [`Framing::max_reply`] so an instrument that babbles without ever
 //! sending a terminator cannot grow memory without bound.
@@ -13,6 +13,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::parse::preview;
+use crate::driver::schema::ScpiSettings;
 
 /// Default bound on one reply; a 401-point spectrum is about 6 KB, so this is very generous.
 pub const DEFAULT_MAX_REPLY: usize = 4 * 1024 * 1024;
@@ -38,6 +39,12 @@ impl Default for Framing {
             read_termination: b"\n".to_vec(),
             max_reply: DEFAULT_MAX_REPLY,
         }
+    }
+}
+
+impl From<&ScpiSettings> for Framing {
+    fn from(s: &ScpiSettings) -> Self {
+        Framing::from_terminators(&s.write_termination, &s.read_termination)
     }
 }
 
@@ -69,6 +76,21 @@ pub enum ScpiIoError {
     CommandHasTerminator { preview: String },
     #[error("read termination is empty: replies cannot be framed")]
     EmptyReadTermination,
+}
+
+impl ScpiIoError {
+    /// Whether the connection can no longer be trusted and must be dropped and reopened.
+    ///
+    /// An over-long reply counts: unless its terminator was already seen, the rest of it is
+    /// still on the way and would be read as the next reply.
+    pub fn needs_reconnect(&self) -> bool {
+        !matches!(
+            self,
+            ScpiIoError::NotUtf8 { .. }
+                | ScpiIoError::CommandHasTerminator { .. }
+                | ScpiIoError::EmptyReadTermination
+        )
+    }
 }
 
 /// One SCPI connection: owns the stream and the bytes read past the last reply.
@@ -137,7 +159,8 @@ where
                 let end = self.scanned + pos;
                 self.scanned = 0;
                 if end > max {
-                    self.buf.clear();
+                    // The whole reply is here, so dropping just it keeps the stream in step.
+                    let _ = self.buf.split_to(end + term_len);
                     return Err(ScpiIoError::ReplyTooLong { max });
                 }
                 let mut line = self.buf.split_to(end + term_len);
@@ -286,5 +309,37 @@ mod tests {
             timeout(T, conn.read_reply()).await.unwrap(),
             Err(ScpiIoError::ReplyTooLong { max: 8 })
         ));
+    }
+
+    #[test]
+    fn framing_from_driver_settings() {
+        let settings = ScpiSettings {
+            write_termination: "\r\n".to_string(),
+            read_termination: "\r".to_string(),
+            ..ScpiSettings::default()
+        };
+        let f = Framing::from(&settings);
+        assert_eq!(f.write_termination, b"\r\n");
+        assert_eq!(f.read_termination, b"\r");
+        assert_eq!(f.max_reply, DEFAULT_MAX_REPLY);
+    }
+
+    #[test]
+    fn which_errors_need_a_reconnect() {
+        assert!(ScpiIoError::Closed.needs_reconnect());
+        assert!(ScpiIoError::ReplyTooLong { max: 1 }.needs_reconnect());
+        assert!(ScpiIoError::Io(std::io::ErrorKind::BrokenPipe.into()).needs_reconnect());
+        assert!(
+            !ScpiIoError::NotUtf8 {
+                preview: String::new()
+            }
+            .needs_reconnect()
+        );
+        assert!(
+            !ScpiIoError::CommandHasTerminator {
+                preview: String::new()
+            }
+            .needs_reconnect()
+        );
     }
 }
