@@ -83,10 +83,40 @@ pub enum ArgError {
         arg: String,
         reason: String,
     },
+    #[error("argument {item:?}: {problem}")]
+    BadAssignment { item: String, problem: String },
     #[error("template {template:?}: unknown argument {name:?}")]
     UnknownPlaceholder { template: String, name: String },
     #[error("template {template:?}: {problem}")]
     BadTemplate { template: String, problem: String },
+}
+
+/// Split command-line `key=value` items into a map; a missing `=`, an empty key or a key given
+/// twice is an error (silently keeping one of two values would hide a typo).
+pub fn parse_assignments<I, S>(items: I) -> Result<BTreeMap<String, String>, ArgError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    let mut out = BTreeMap::new();
+    for item in items {
+        let item = item.as_ref();
+        let bad = |problem: &str| ArgError::BadAssignment {
+            item: preview(item),
+            problem: problem.to_string(),
+        };
+        let (k, v) = item
+            .split_once('=')
+            .ok_or_else(|| bad("expected key=value"))?;
+        let k = k.trim();
+        if k.is_empty() {
+            return Err(bad("empty argument name"));
+        }
+        if out.insert(k.to_string(), v.to_string()).is_some() {
+            return Err(bad("argument given twice"));
+        }
+    }
+    Ok(out)
 }
 
 /// Check arguments given as `key=value` text (the command line) against the action's definitions.
@@ -674,6 +704,20 @@ mod tests {
             vec!["volts".to_string(), "freq".to_string()]
         );
         assert!(placeholders("{").is_err());
+    }
+
+    #[test]
+    fn command_line_assignments() {
+        let m = parse_assignments(["volts=230", " freq = 50", "label=a=b"]).unwrap();
+        assert_eq!(m["volts"], "230");
+        assert_eq!(m["freq"], " 50");
+        assert_eq!(m["label"], "a=b");
+        assert!(parse_assignments(Vec::<String>::new()).unwrap().is_empty());
+        let err = parse_assignments(["volts"]).unwrap_err();
+        assert_eq!(err.to_string(), "argument \"volts\": expected key=value");
+        assert!(parse_assignments(["=1"]).is_err());
+        let err = parse_assignments(["v=1", "v=2"]).unwrap_err();
+        assert_eq!(err.to_string(), "argument \"v=2\": argument given twice");
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! `-INF` and +-9.9E+37 are [`InvalidKind::Overrange`], and any other magnitude at or above
 //! 9.9E+37 (or one that overflows f64) is [`InvalidKind::Invalid`].
 
-use crate::driver::schema::InvalidMarker;
+use crate::driver::schema::{InvalidMarker, Parse};
 use crate::reading::{InvalidKind, Value};
 
 /// Longest excerpt of offending text kept in an error message.
@@ -83,6 +83,27 @@ pub fn parse_number(token: &str, markers: &[InvalidMarker]) -> Result<Value, Par
         return Ok(invalid(kind));
     }
     Ok(Value::Number(v))
+}
+
+/// Turn a quantity's reply into a value the way its driver entry says: take field `field` of
+/// the reply if given, then parse it as `kind` (text is trimmed, quotes kept).
+pub fn parse_value(
+    reply: &str,
+    kind: Parse,
+    field_index: Option<usize>,
+    sep: &str,
+    markers: &[InvalidMarker],
+) -> Result<Value, ParseError> {
+    let text = match field_index {
+        Some(n) => field(reply, sep, n)?,
+        None => reply.trim(),
+    };
+    match kind {
+        Parse::Number => parse_number(text, markers),
+        Parse::List => parse_list(text, sep, markers).map(list_value),
+        Parse::Text => Ok(Value::Text(text.to_string())),
+        Parse::Bool => parse_bool(text).map(Value::Bool),
+    }
 }
 
 /// Parse a separated list of numbers, e.g. a 401-point spectrum.
@@ -568,6 +589,32 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn values_per_driver_parse_kind() {
+        let m = [value_marker(-1.0, InvalidKind::NoData)];
+        let reply = "2.3E+02,-1,ON,\"a,b\"\r";
+        let v = |k, f| parse_value(reply, k, f, ",", &m);
+        assert_eq!(v(Parse::Number, Some(0)).unwrap(), Value::Number(230.0));
+        assert!(v(Parse::Number, Some(1)).unwrap().is_invalid());
+        assert_eq!(v(Parse::Bool, Some(2)).unwrap(), Value::Bool(true));
+        assert_eq!(
+            v(Parse::Text, Some(3)).unwrap(),
+            Value::Text("\"a,b\"".to_string())
+        );
+        assert!(v(Parse::Number, Some(9)).is_err());
+        assert!(v(Parse::Number, None).is_err());
+        assert_eq!(
+            parse_value(" 1,NAN ", Parse::List, None, ",", &[])
+                .unwrap()
+                .to_string(),
+            "[1, NaN]"
+        );
+        assert_eq!(
+            parse_value(" hello \n", Parse::Text, None, ",", &[]).unwrap(),
+            Value::Text("hello".to_string())
+        );
     }
 
     #[test]

@@ -175,12 +175,13 @@ where
             // A terminator may straddle two reads: rescan its first bytes next time.
             self.scanned = self.buf.len().saturating_sub(term_len - 1);
             // No terminator in the first max + term_len bytes means the reply is over-long.
-            if self.buf.len() >= max + term_len {
+            let limit = max.saturating_add(term_len);
+            if self.buf.len() >= limit {
                 self.discard_buffered();
                 return Err(ScpiIoError::ReplyTooLong { max });
             }
             // Never read further than the bound needs, so memory stays near max_reply.
-            let want = (max + term_len - self.buf.len()).min(READ_CHUNK);
+            let want = (limit - self.buf.len()).min(READ_CHUNK);
             self.buf.reserve(want);
             let n = (&mut self.stream)
                 .take(want as u64)
