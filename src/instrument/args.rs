@@ -698,6 +698,26 @@ mod tests {
     }
 
     #[test]
+    fn arbitrary_templates_never_panic() {
+        let alphabet: Vec<char> = "{}ab volts é日".chars().collect();
+        let a = source_action();
+        let r = resolve_args("set", &a, &given(&[("volts", "1")])).unwrap();
+        let mut rng = fastrand::Rng::with_seed(9);
+        for _ in 0..20_000 {
+            let len = rng.usize(0..16);
+            let t: String = (0..len)
+                .map(|_| alphabet[rng.usize(..alphabet.len())])
+                .collect();
+            let rendered = render(&t, &r, &a.args);
+            // A template without braces renders to itself.
+            if !t.contains(['{', '}']) {
+                assert_eq!(rendered.unwrap(), t);
+            }
+            let _ = placeholders(&t);
+        }
+    }
+
+    #[test]
     fn placeholder_listing() {
         assert_eq!(
             placeholders("VOLT {volts};FREQ {freq};X {{y}}").unwrap(),

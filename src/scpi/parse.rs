@@ -458,6 +458,34 @@ mod tests {
     }
 
     #[test]
+    fn arbitrary_text_never_panics() {
+        let alphabet: Vec<char> = "0123456789+-.eE,;: \"\r\nNAIFONaé日\u{0}".chars().collect();
+        let markers = [
+            token_marker("é", InvalidKind::Invalid),
+            value_marker(-1.0, InvalidKind::NoData),
+        ];
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..20_000 {
+            let len = rng.usize(0..24);
+            let text: String = (0..len)
+                .map(|_| alphabet[rng.usize(..alphabet.len())])
+                .collect();
+            let _ = parse_number(&text, &markers);
+            let _ = parse_list(&text, ",", &markers);
+            let _ = parse_list(&text, "", &markers);
+            let _ = parse_list(&text, "日", &markers);
+            for n in 0..3 {
+                let _ = field(&text, ",", n);
+                let _ = field(&text, "é", n);
+            }
+            let _ = parse_bool(&text);
+            let _ = parse_error_entry(&text);
+            let _ = check_identity(&text, &["日".to_string()]);
+            let _ = preview(&text.repeat(10));
+        }
+    }
+
+    #[test]
     fn garbage_is_an_error_naming_the_token() {
         for bad in [
             "", "abc", "230.0V", "1.2.3", "e5", "1e", "--1", "0x10", "1,5", ". ", "+",
