@@ -30,14 +30,23 @@ fn load(name: &str) -> DriverFile {
             q.table.is_some() && q.address.is_some() && q.value_type.is_some(),
             "{path}: quantity {key} lacks table, address or type"
         );
-        assert!(q.address >= Some(u16::from(base)), "{path}: {key} below base");
+        assert!(
+            q.address >= Some(u16::from(base)),
+            "{path}: {key} below base"
+        );
     }
     for (key, action) in &file.actions {
-        assert!(!action.writes.is_empty(), "{path}: action {key} writes nothing");
+        assert!(
+            !action.writes.is_empty(),
+            "{path}: action {key} writes nothing"
+        );
         for w in &action.writes {
             match &w.arg {
                 Some(arg) => assert!(action.args.contains_key(arg), "{path}: {key} uses {arg}"),
-                None => assert!(w.value.is_some(), "{path}: {key} writes neither arg nor value"),
+                None => assert!(
+                    w.value.is_some(),
+                    "{path}: {key} writes neither arg nor value"
+                ),
             }
         }
     }

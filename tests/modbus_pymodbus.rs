@@ -100,10 +100,22 @@ async fn our_client_reads_and_writes_a_pymodbus_server() {
 
     // The map documented at the top of pymodbus_server.py.
     let regs = holding(&mut ctx, 0, 10).await;
-    assert_eq!(value(&regs[0..1], ValueType::U16, WordOrder::ABCD), Decoded::Number(1234.0));
-    assert_eq!(value(&regs[1..2], ValueType::I16, WordOrder::ABCD), Decoded::Number(-200.0));
-    assert_eq!(value(&regs[2..4], ValueType::F32, WordOrder::CDAB), Decoded::Number(21.5));
-    assert_eq!(value(&regs[4..6], ValueType::F32, WordOrder::ABCD), Decoded::Number(-3.25));
+    assert_eq!(
+        value(&regs[0..1], ValueType::U16, WordOrder::ABCD),
+        Decoded::Number(1234.0)
+    );
+    assert_eq!(
+        value(&regs[1..2], ValueType::I16, WordOrder::ABCD),
+        Decoded::Number(-200.0)
+    );
+    assert_eq!(
+        value(&regs[2..4], ValueType::F32, WordOrder::CDAB),
+        Decoded::Number(21.5)
+    );
+    assert_eq!(
+        value(&regs[4..6], ValueType::F32, WordOrder::ABCD),
+        Decoded::Number(-3.25)
+    );
     assert_eq!(
         value(&regs[6..8], ValueType::U32, WordOrder::ABCD),
         Decoded::Number(100000.0)
@@ -126,7 +138,10 @@ async fn our_client_reads_and_writes_a_pymodbus_server() {
         other => panic!("read input 0+3: {other:?}"),
     };
     assert_eq!(input[0], 65535);
-    assert_eq!(value(&input[1..3], ValueType::F32, WordOrder::CDAB), Decoded::Number(230.0));
+    assert_eq!(
+        value(&input[1..3], ValueType::F32, WordOrder::CDAB),
+        Decoded::Number(230.0)
+    );
     let coils = run(
         &mut ctx,
         ModbusOp::Read {
@@ -154,11 +169,38 @@ async fn our_client_reads_and_writes_a_pymodbus_server() {
     let written = |r: Result<ModbusReply, ModbusError>| {
         assert!(matches!(r, Ok(ModbusReply::Written)), "{r:?}");
     };
-    written(run(&mut ctx, ModbusOp::WriteRegister { address: 10, value: 0xBEEF }).await);
-    let sp = encode(&Decoded::Number(-40.5), ValueType::F32, WordOrder::CDAB, None).unwrap();
+    written(
+        run(
+            &mut ctx,
+            ModbusOp::WriteRegister {
+                address: 10,
+                value: 0xBEEF,
+            },
+        )
+        .await,
+    );
+    let sp = encode(
+        &Decoded::Number(-40.5),
+        ValueType::F32,
+        WordOrder::CDAB,
+        None,
+    )
+    .unwrap();
     written(run(&mut ctx, ModbusOp::write(Table::Holding, 12, &sp).unwrap()).await);
-    let i32s = encode(&Decoded::Number(-123456.0), ValueType::I32, WordOrder::DCBA, None).unwrap();
-    written(run(&mut ctx, ModbusOp::write(Table::Holding, 14, &i32s).unwrap()).await);
+    let i32s = encode(
+        &Decoded::Number(-123456.0),
+        ValueType::I32,
+        WordOrder::DCBA,
+        None,
+    )
+    .unwrap();
+    written(
+        run(
+            &mut ctx,
+            ModbusOp::write(Table::Holding, 14, &i32s).unwrap(),
+        )
+        .await,
+    );
     written(
         run(
             &mut ctx,
@@ -172,12 +214,24 @@ async fn our_client_reads_and_writes_a_pymodbus_server() {
     );
     let back = holding(&mut ctx, 10, 6).await;
     assert_eq!(back[0], 0xBE12);
-    assert_eq!(value(&back[2..4], ValueType::F32, WordOrder::CDAB), Decoded::Number(-40.5));
+    assert_eq!(
+        value(&back[2..4], ValueType::F32, WordOrder::CDAB),
+        Decoded::Number(-40.5)
+    );
     assert_eq!(
         value(&back[4..6], ValueType::I32, WordOrder::DCBA),
         Decoded::Number(-123456.0)
     );
-    written(run(&mut ctx, ModbusOp::WriteCoil { address: 0, value: false }).await);
+    written(
+        run(
+            &mut ctx,
+            ModbusOp::WriteCoil {
+                address: 0,
+                value: false,
+            },
+        )
+        .await,
+    );
     written(
         run(
             &mut ctx,
@@ -253,7 +307,10 @@ async fn a_pymodbus_client_reads_and_writes_our_bench() {
         String::from_utf8_lossy(&output.stderr)
     );
     let seen: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!("pymodbus_client.py printed {:?}: {e}", String::from_utf8_lossy(&output.stdout))
+        panic!(
+            "pymodbus_client.py printed {:?}: {e}",
+            String::from_utf8_lossy(&output.stdout)
+        )
     });
     let num = |key: &str| {
         seen[key]

@@ -22,7 +22,11 @@ const NO_ANSWER: Duration = Duration::from_millis(700);
 async fn start_tcp(faults: Faults) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(serve_tcp(listener, Arc::new(ModbusBench::default()), faults));
+    tokio::spawn(serve_tcp(
+        listener,
+        Arc::new(ModbusBench::default()),
+        faults,
+    ));
     addr
 }
 
@@ -93,7 +97,13 @@ async fn exercise_bench(ctx: &mut Context) {
         WordOrder::CDAB,
     );
     assert!((pv - 23.0).abs() < 0.5, "chamber pv {pv}");
-    let sp = encode(&Decoded::Number(85.5), ValueType::F32, WordOrder::CDAB, None).unwrap();
+    let sp = encode(
+        &Decoded::Number(85.5),
+        ValueType::F32,
+        WordOrder::CDAB,
+        None,
+    )
+    .unwrap();
     written(ctx, 1, ModbusOp::write(Table::Holding, 2782, &sp).unwrap()).await;
     let current = number(
         &words(ctx, 1, Table::Holding, 2810, 2).await,
@@ -101,20 +111,57 @@ async fn exercise_bench(ctx: &mut Context) {
         WordOrder::CDAB,
     );
     assert_eq!(current, 85.5);
-    written(ctx, 1, ModbusOp::WriteRegister { address: 2730, value: 62 }).await;
+    written(
+        ctx,
+        1,
+        ModbusOp::WriteRegister {
+            address: 2730,
+            value: 62,
+        },
+    )
+    .await;
     assert_eq!(words(ctx, 1, Table::Holding, 2730, 1).await, [62]);
-    let refused = run(ctx, 1, ModbusOp::WriteRegister { address: 2730, value: 7 }).await;
+    let refused = run(
+        ctx,
+        1,
+        ModbusOp::WriteRegister {
+            address: 2730,
+            value: 7,
+        },
+    )
+    .await;
     assert!(
-        matches!(refused, Err(ModbusError::Exception { code: 3, name: "illegal data value" })),
+        matches!(
+            refused,
+            Err(ModbusError::Exception {
+                code: 3,
+                name: "illegal data value"
+            })
+        ),
         "{refused:?}"
     );
 
     // Unit 2, Eurotherm: the comms setpoint moves the read-only working setpoint.
-    written(ctx, 2, ModbusOp::WriteRegister { address: 26, value: 1234 }).await;
+    written(
+        ctx,
+        2,
+        ModbusOp::WriteRegister {
+            address: 26,
+            value: 1234,
+        },
+    )
+    .await;
     assert_eq!(words(ctx, 2, Table::Holding, 5, 1).await, [1234]);
-    let err = run(ctx, 2, ModbusOp::WriteRegister { address: 5, value: 1 })
-        .await
-        .expect_err("working setpoint must be read-only");
+    let err = run(
+        ctx,
+        2,
+        ModbusOp::WriteRegister {
+            address: 5,
+            value: 1,
+        },
+    )
+    .await
+    .expect_err("working setpoint must be read-only");
     assert!(!err.is_link_fault());
     assert!(
         err.to_string().contains("illegal data address"),
@@ -141,7 +188,15 @@ async fn exercise_bench(ctx: &mut Context) {
     assert!((200.0..=300.0).contains(&pv), "eurotherm pv x10 {pv}");
 
     // Unit 3, relay rack: all four tables.
-    written(ctx, 3, ModbusOp::WriteCoil { address: 0, value: true }).await;
+    written(
+        ctx,
+        3,
+        ModbusOp::WriteCoil {
+            address: 0,
+            value: true,
+        },
+    )
+    .await;
     written(
         ctx,
         3,
@@ -172,7 +227,10 @@ async fn exercise_bench(ctx: &mut Context) {
     );
     assert!((229.0..=231.0).contains(&volts), "supply {volts}");
     let err = run(ctx, 3, read(Table::Holding, 0, 1)).await.unwrap_err();
-    assert!(matches!(err, ModbusError::Exception { code: 2, .. }), "{err:?}");
+    assert!(
+        matches!(err, ModbusError::Exception { code: 2, .. }),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -182,7 +240,9 @@ async fn tcp_bench_all_tables_writes_and_exceptions() {
     exercise_bench(&mut ctx).await;
 
     // A unit id nobody has: the gateway says so.
-    let err = run(&mut ctx, 42, read(Table::Holding, 0, 1)).await.unwrap_err();
+    let err = run(&mut ctx, 42, read(Table::Holding, 0, 1))
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             err,
@@ -194,7 +254,9 @@ async fn tcp_bench_all_tables_writes_and_exceptions() {
         "{err:?}"
     );
     // Refused before it reaches the wire.
-    let err = run(&mut ctx, 1, read(Table::Holding, 0, 126)).await.unwrap_err();
+    let err = run(&mut ctx, 1, read(Table::Holding, 0, 126))
+        .await
+        .unwrap_err();
     assert!(matches!(err, ModbusError::BadRequest(_)), "{err:?}");
 }
 
@@ -211,7 +273,11 @@ async fn rtu_bus_on_a_pseudo_terminal_serves_several_units() {
     assert_eq!(words(&mut ctx, 2, Table::Holding, 26, 1).await, [1234]);
 
     // Nobody answers for an unknown unit on a serial bus.
-    let silent = timeout(NO_ANSWER, execute(&mut ctx, 42, &read(Table::Holding, 1, 1))).await;
+    let silent = timeout(
+        NO_ANSWER,
+        execute(&mut ctx, 42, &read(Table::Holding, 1, 1)),
+    )
+    .await;
     assert!(silent.is_err(), "unit 42 answered: {silent:?}");
 }
 
@@ -238,7 +304,9 @@ async fn tcp_faults() {
     for _ in 0..2 {
         assert_eq!(words(&mut ctx, 2, Table::Holding, 2, 1).await, [230]);
     }
-    let err = run(&mut ctx, 2, read(Table::Holding, 2, 1)).await.unwrap_err();
+    let err = run(&mut ctx, 2, read(Table::Holding, 2, 1))
+        .await
+        .unwrap_err();
     assert!(matches!(err, ModbusError::Transport(_)), "{err:?}");
     assert!(err.is_link_fault());
     // A new connection is served again.
@@ -252,7 +320,11 @@ async fn tcp_faults() {
     })
     .await;
     let mut ctx = tcp_client(addr).await;
-    let r = timeout(NO_ANSWER, execute(&mut ctx, 1, &read(Table::Holding, 2820, 2))).await;
+    let r = timeout(
+        NO_ANSWER,
+        execute(&mut ctx, 1, &read(Table::Holding, 2820, 2)),
+    )
+    .await;
     assert!(r.is_err(), "silent server answered: {r:?}");
 
     // garbage: a reply for another transaction.
@@ -262,7 +334,9 @@ async fn tcp_faults() {
     })
     .await;
     let mut ctx = tcp_client(addr).await;
-    let err = run(&mut ctx, 1, read(Table::Holding, 2820, 2)).await.unwrap_err();
+    let err = run(&mut ctx, 1, read(Table::Holding, 2820, 2))
+        .await
+        .unwrap_err();
     assert!(matches!(err, ModbusError::Mismatch(_)), "{err:?}");
     assert!(err.is_link_fault());
 }
@@ -309,7 +383,11 @@ async fn rtu_faults() {
     )
     .unwrap();
     let mut ctx = rtu_client(&pty);
-    let r = timeout(NO_ANSWER, execute(&mut ctx, 1, &read(Table::Holding, 2820, 2))).await;
+    let r = timeout(
+        NO_ANSWER,
+        execute(&mut ctx, 1, &read(Table::Holding, 2820, 2)),
+    )
+    .await;
     assert!(r.is_err(), "silent bus answered: {r:?}");
 
     // garbage: a frame with a broken CRC is never taken for a reply.
@@ -323,14 +401,22 @@ async fn rtu_faults() {
     )
     .unwrap();
     let mut ctx = rtu_client(&pty);
-    let r = timeout(NO_ANSWER, execute(&mut ctx, 1, &read(Table::Holding, 2820, 2))).await;
+    let r = timeout(
+        NO_ANSWER,
+        execute(&mut ctx, 1, &read(Table::Holding, 2820, 2)),
+    )
+    .await;
     assert!(!matches!(r, Ok(Ok(_))), "garbage accepted: {r:?}");
 }
 
 #[tokio::test]
 async fn rtu_replies_are_paced_to_the_baud_rate() {
-    let pty = serve_rtu_pty(Arc::new(ModbusBench::default()), Faults::default(), Some(9600))
-        .unwrap();
+    let pty = serve_rtu_pty(
+        Arc::new(ModbusBench::default()),
+        Faults::default(),
+        Some(9600),
+    )
+    .unwrap();
     let mut ctx = rtu_client(&pty);
     let started = Instant::now();
     for _ in 0..5 {
@@ -340,5 +426,8 @@ async fn rtu_replies_are_paced_to_the_baud_rate() {
     // (8 ms): about 46 ms a transaction, so five take at least 229 ms. Only the lower bound is
     // checked: a loaded machine may be slower, never faster.
     let elapsed = started.elapsed();
-    assert!(elapsed >= Duration::from_millis(225), "five paced reads took {elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_millis(225),
+        "five paced reads took {elapsed:?}"
+    );
 }

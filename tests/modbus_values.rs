@@ -18,7 +18,13 @@ fn edges(ty: ValueType) -> Vec<f64> {
         ValueType::I16 => vec![-32768.0, -1.0, 0.0, 1.0, 255.0, 32767.0],
         ValueType::U32 => vec![0.0, 1.0, 65535.0, 65536.0, 2147483648.0, 4294967295.0],
         ValueType::I32 => vec![-2147483648.0, -65536.0, -1.0, 0.0, 65537.0, 2147483647.0],
-        ValueType::U64 => vec![0.0, 1.0, 4294967296.0, 9007199254740992.0, 1.8446744073709550e19],
+        ValueType::U64 => vec![
+            0.0,
+            1.0,
+            4294967296.0,
+            9007199254740992.0,
+            (u64::MAX - 2047) as f64,
+        ],
         ValueType::I64 => vec![
             -9223372036854775808.0,
             -9007199254740992.0,
@@ -105,7 +111,11 @@ fn word_orders_put_bytes_where_their_names_say() {
         (WordOrder::DCBA, [0x0403, 0x0201]),
     ];
     for (order, regs) in expect {
-        assert_eq!(encode(&v, ValueType::U32, order, None).unwrap(), regs, "{order}");
+        assert_eq!(
+            encode(&v, ValueType::U32, order, None).unwrap(),
+            regs,
+            "{order}"
+        );
     }
     // 0x0012_3456_789A_BCDE as u64 (below 2^53, so exact in f64): CDAB reverses all four words.
     let v = Decoded::Number(0x0012_3456_789A_BCDEu64 as f64);
@@ -140,7 +150,10 @@ fn bools_bits_and_strings() {
     for order in ORDERS {
         for b in [false, true] {
             let regs = encode(&Decoded::Bool(b), ValueType::Bool, order, None).unwrap();
-            assert_eq!(decode(&regs, ValueType::Bool, order, None), Ok(Decoded::Bool(b)));
+            assert_eq!(
+                decode(&regs, ValueType::Bool, order, None),
+                Ok(Decoded::Bool(b))
+            );
         }
         assert_eq!(
             decode(&[0x8001], ValueType::Bit, order, Some(15)),
@@ -182,7 +195,11 @@ fn scale_and_offset() {
     assert!((scale(1234.0, Some(0.1), None) - 123.4).abs() < 1e-9);
     assert_eq!(scale(5.0, None, None), 5.0);
     assert_eq!(scale(100.0, Some(0.5), Some(-40.0)), 10.0);
-    for (v, s, o) in [(123.4, Some(0.1), None), (10.0, Some(0.5), Some(-40.0)), (7.0, None, None)] {
+    for (v, s, o) in [
+        (123.4, Some(0.1), None),
+        (10.0, Some(0.5), Some(-40.0)),
+        (7.0, None, None),
+    ] {
         let raw = unscale(v, s, o);
         assert!((scale(raw, s, o) - v).abs() < 1e-9);
     }
@@ -199,7 +216,13 @@ fn scale_and_offset() {
 
 #[test]
 fn errors_name_the_type_and_value() {
-    let err = encode(&Decoded::Number(70000.0), ValueType::U16, WordOrder::ABCD, None).unwrap_err();
+    let err = encode(
+        &Decoded::Number(70000.0),
+        ValueType::U16,
+        WordOrder::ABCD,
+        None,
+    )
+    .unwrap_err();
     assert_eq!(err.to_string(), "70000 does not fit in u16");
     for (v, ty) in [
         (-1.0, ValueType::U16),
@@ -209,7 +232,7 @@ fn errors_name_the_type_and_value() {
         (2147483648.0, ValueType::I32),
         (-0.6, ValueType::U32),
         (1.8446744073709552e19, ValueType::U64),
-        (9.223372036854775808e18, ValueType::I64),
+        (2f64.powi(63), ValueType::I64),
         (1e39, ValueType::F32),
         (2.0, ValueType::Bool),
     ] {
@@ -219,26 +242,60 @@ fn errors_name_the_type_and_value() {
             "{v} as {ty}: {r:?}"
         );
     }
-    let err = encode(&Decoded::Number(f64::NAN), ValueType::I16, WordOrder::ABCD, None).unwrap_err();
-    assert!(matches!(err, ValueError::NotFinite { ty: ValueType::I16, .. }));
+    let err = encode(
+        &Decoded::Number(f64::NAN),
+        ValueType::I16,
+        WordOrder::ABCD,
+        None,
+    )
+    .unwrap_err();
+    assert!(matches!(
+        err,
+        ValueError::NotFinite {
+            ty: ValueType::I16,
+            ..
+        }
+    ));
     assert!(err.to_string().contains("i16"), "{err}");
 
     let err = decode(&[1], ValueType::F32, WordOrder::CDAB, None).unwrap_err();
     assert_eq!(err.to_string(), "f32 needs 2 register(s), got 1");
     assert!(matches!(
         decode(&[0x41C3], ValueType::String, WordOrder::ABCD, None),
-        Err(ValueError::NotAscii { byte: 0xC3, position: 1, .. })
+        Err(ValueError::NotAscii {
+            byte: 0xC3,
+            position: 1,
+            ..
+        })
     ));
     assert!(matches!(
-        encode(&Decoded::Text("température".into()), ValueType::String, WordOrder::ABCD, None),
+        encode(
+            &Decoded::Text("température".into()),
+            ValueType::String,
+            WordOrder::ABCD,
+            None
+        ),
         Err(ValueError::NotAscii { .. })
     ));
     assert!(matches!(
-        encode(&Decoded::Text("toolong".into()), ValueType::String, WordOrder::ABCD, Some(2)),
-        Err(ValueError::TextTooLong { chars: 7, registers: 2 })
+        encode(
+            &Decoded::Text("toolong".into()),
+            ValueType::String,
+            WordOrder::ABCD,
+            Some(2)
+        ),
+        Err(ValueError::TextTooLong {
+            chars: 7,
+            registers: 2
+        })
     ));
     assert!(matches!(
-        encode(&Decoded::Text("1".into()), ValueType::U16, WordOrder::ABCD, None),
+        encode(
+            &Decoded::Text("1".into()),
+            ValueType::U16,
+            WordOrder::ABCD,
+            None
+        ),
         Err(ValueError::WrongKind { .. })
     ));
     assert_eq!(

@@ -53,7 +53,10 @@ mod tests {
         assert_eq!(describe(0x0B), "gateway target device failed to respond");
         assert_eq!(describe(0x0C), "exception 0x0c");
         assert_eq!(name(0x07), "unknown exception");
-        assert_eq!(name_of(ExceptionCode::ServerDeviceBusy), "server device busy");
+        assert_eq!(
+            name_of(ExceptionCode::ServerDeviceBusy),
+            "server device busy"
+        );
         assert_eq!(code_of(ExceptionCode::GatewayPathUnavailable), 0x0A);
         assert_eq!(name_of(ExceptionCode::Custom(0x42)), "unknown exception");
         for code in [1u8, 2, 3, 4, 5, 6, 8, 0x0A, 0x0B] {

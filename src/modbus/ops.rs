@@ -81,29 +81,19 @@ impl ModbusOp {
 
     /// Refuses what no device would accept, before it goes on the wire.
     fn check(&self) -> Result<(), ModbusError> {
-        let bad = |what: String| Err(ModbusError::BadRequest(format!("{self}: {what}")));
-        match self {
-            ModbusOp::Read { table, count, .. } => {
-                let max = if table.is_bits() {
-                    MAX_READ_BITS
-                } else {
-                    MAX_READ_WORDS
-                };
-                if *count == 0 || *count > max {
-                    return bad(format!("count must be 1..={max}"));
-                }
+        let (count, max) = match self {
+            ModbusOp::Read { table, count, .. } if table.is_bits() => {
+                (usize::from(*count), usize::from(MAX_READ_BITS))
             }
-            ModbusOp::WriteCoils { values, .. } => {
-                if values.is_empty() || values.len() > MAX_WRITE_BITS {
-                    return bad(format!("count must be 1..={MAX_WRITE_BITS}"));
-                }
-            }
-            ModbusOp::WriteRegisters { values, .. } => {
-                if values.is_empty() || values.len() > MAX_WRITE_WORDS {
-                    return bad(format!("count must be 1..={MAX_WRITE_WORDS}"));
-                }
-            }
-            _ => {}
+            ModbusOp::Read { count, .. } => (usize::from(*count), usize::from(MAX_READ_WORDS)),
+            ModbusOp::WriteCoils { values, .. } => (values.len(), MAX_WRITE_BITS),
+            ModbusOp::WriteRegisters { values, .. } => (values.len(), MAX_WRITE_WORDS),
+            _ => return Ok(()),
+        };
+        if count == 0 || count > max {
+            return Err(ModbusError::BadRequest(format!(
+                "{self}: count must be 1..={max}"
+            )));
         }
         Ok(())
     }
@@ -118,7 +108,11 @@ impl fmt::Display for ModbusOp {
                 count,
             } => write!(f, "read {table} {address}+{count}"),
             ModbusOp::WriteCoil { address, value } => {
-                write!(f, "write coil {address} {}", if *value { "on" } else { "off" })
+                write!(
+                    f,
+                    "write coil {address} {}",
+                    if *value { "on" } else { "off" }
+                )
             }
             ModbusOp::WriteCoils { address, values } => {
                 write!(f, "write coils {address}+{}", values.len())

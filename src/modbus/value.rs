@@ -137,7 +137,11 @@ impl std::fmt::Display for Decoded {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ValueError {
     #[error("{ty} needs {need} register(s), got {got}")]
-    TooFewRegisters { ty: ValueType, need: u16, got: usize },
+    TooFewRegisters {
+        ty: ValueType,
+        need: u16,
+        got: usize,
+    },
     #[error("{value} does not fit in {ty}")]
     OutOfRange { ty: ValueType, value: f64 },
     #[error("{value} is not a finite number and cannot be written as {ty}")]
@@ -203,7 +207,8 @@ fn regs_to_bytes(regs: &[u16], order: WordOrder) -> Vec<u8> {
     words.iter().flat_map(|w| w.to_be_bytes()).collect()
 }
 
-/// Decodes one value from the registers read for it (extra registers after it are ignored).
+/// Decodes one value from the registers read for it. Registers beyond the type's width are
+/// ignored, except for strings, which take every register given (pass exactly `length`).
 ///
 /// Coils and discrete inputs are passed as registers holding 0 or 1 with `ty = Bool`.
 /// `order` applies to 32- and 64-bit types only. u64 and i64 become f64, which is exact
@@ -248,8 +253,7 @@ pub fn decode(
             other => Err(ValueError::BadBit(other)),
         },
         ValueType::String => {
-            if let Some((position, &byte)) = bytes.iter().enumerate().find(|(_, b)| !b.is_ascii())
-            {
+            if let Some((position, &byte)) = bytes.iter().enumerate().find(|(_, b)| !b.is_ascii()) {
                 return Err(ValueError::NotAscii { ty, byte, position });
             }
             let end = bytes

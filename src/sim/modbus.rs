@@ -154,7 +154,9 @@ impl Chamber {
 
     /// Moves the dynamics forward to `now`.
     pub fn advance(&mut self, now: Instant) {
-        let dt = self.last.map_or(Duration::ZERO, |l| now.saturating_duration_since(l));
+        let dt = self
+            .last
+            .map_or(Duration::ZERO, |l| now.saturating_duration_since(l));
         self.last = Some(now);
         let target = match self.mode {
             f4t::MODE_AUTO => Some(self.setpoint()),
@@ -279,7 +281,9 @@ impl Eurotherm {
     }
 
     pub fn advance(&mut self, now: Instant) {
-        let dt = self.last.map_or(Duration::ZERO, |l| now.saturating_duration_since(l));
+        let dt = self
+            .last
+            .map_or(Duration::ZERO, |l| now.saturating_duration_since(l));
         self.last = Some(now);
         self.pv = approach(self.pv, self.working_setpoint(), dt, self.tau);
         self.shown_pv = self.pv + self.noise.next(self.noise_amplitude);
@@ -950,8 +954,14 @@ mod tests {
         c.write(Table::Holding, f4t::MODE, f4t::MODE_OFF).ok();
         c.advance(t0 + Duration::from_secs(3000));
         assert!((c.pv() - AMBIENT_C).abs() < 0.01);
-        assert_eq!(c.write(Table::Holding, f4t::MODE, 11), Err(ILLEGAL_DATA_VALUE));
-        assert_eq!(c.write(Table::Holding, f4t::PV, 0), Err(ILLEGAL_DATA_ADDRESS));
+        assert_eq!(
+            c.write(Table::Holding, f4t::MODE, 11),
+            Err(ILLEGAL_DATA_VALUE)
+        );
+        assert_eq!(
+            c.write(Table::Holding, f4t::PV, 0),
+            Err(ILLEGAL_DATA_ADDRESS)
+        );
     }
 
     #[test]
@@ -985,7 +995,10 @@ mod tests {
     fn bench_answers_reads_and_exceptions() {
         let bench = ModbusBench::default();
         // Unit 3, read discrete inputs 12+1: position 13 has failed.
-        assert_eq!(bench.answer(3, &[0x02, 0, 12, 0, 1]), Some(vec![0x02, 1, 1]));
+        assert_eq!(
+            bench.answer(3, &[0x02, 0, 12, 0, 1]),
+            Some(vec![0x02, 1, 1])
+        );
         // Holding registers do not exist on the rack.
         assert_eq!(bench.answer(3, &[0x03, 0, 0, 0, 1]), Some(vec![0x83, 2]));
         assert_eq!(bench.answer(3, &[0x2B, 0x0E]), Some(vec![0xAB, 1]));
