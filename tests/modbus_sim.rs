@@ -431,3 +431,54 @@ async fn rtu_replies_are_paced_to_the_baud_rate() {
         "five paced reads took {elapsed:?}"
     );
 }
+
+/// The dynamics run on tokio's clock, so a paused clock drives them: half an hour of chamber
+/// time in no time, over an in-memory RTU stream.
+#[tokio::test(start_paused = true)]
+async fn chamber_dynamics_follow_a_paused_clock() {
+    use labgate::sim::modbus::{Chamber, serve_rtu};
+
+    let bench = ModbusBench::empty().with_device(1, Chamber::new().with_noise(0.0));
+    let (client, server) = tokio::io::duplex(1024);
+    tokio::spawn(serve_rtu(server, Arc::new(bench), Faults::default(), None));
+    let mut ctx = tokio_modbus::client::rtu::attach(client);
+    let pv = |regs: Vec<u16>| number(&regs, ValueType::F32, WordOrder::CDAB);
+
+    assert_eq!(pv(words(&mut ctx, 1, Table::Holding, 2820, 2).await), 23.0);
+    let sp = encode(
+        &Decoded::Number(100.0),
+        ValueType::F32,
+        WordOrder::CDAB,
+        None,
+    )
+    .unwrap();
+    written(
+        &mut ctx,
+        1,
+        ModbusOp::write(Table::Holding, 2782, &sp).unwrap(),
+    )
+    .await;
+
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    // One time constant: 63.2 % of the way from 23 to 100 degC.
+    let after_tau = pv(words(&mut ctx, 1, Table::Holding, 2820, 2).await);
+    let expected = 100.0 - 77.0 * (-1.0f64).exp();
+    assert!(
+        (after_tau - expected).abs() < 1e-3,
+        "pv {after_tau}, expected {expected}"
+    );
+
+    // Off: back towards ambient.
+    written(
+        &mut ctx,
+        1,
+        ModbusOp::WriteRegister {
+            address: 2730,
+            value: 62,
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1800)).await;
+    let cooled = pv(words(&mut ctx, 1, Table::Holding, 2820, 2).await);
+    assert!((cooled - 23.0).abs() < 0.01, "pv {cooled}");
+}
