@@ -279,6 +279,22 @@ async fn rtu_bus_on_a_pseudo_terminal_serves_several_units() {
     )
     .await;
     assert!(silent.is_err(), "unit 42 answered: {silent:?}");
+
+    // A broadcast (unit 0) is acted on by every device and answered by none (tokio-modbus
+    // still waits for a reply, so the caller must not wait long). Each timeout leaves the
+    // context unusable (a late reply could arrive), so reopen the port as a link would; the
+    // old handle must be closed first: the port is opened exclusively.
+    drop(ctx);
+    let mut ctx = rtu_client(&pty);
+    let op = ModbusOp::WriteCoil {
+        address: 5,
+        value: true,
+    };
+    let r = timeout(NO_ANSWER, execute(&mut ctx, 0, &op)).await;
+    assert!(r.is_err(), "broadcast answered: {r:?}");
+    drop(ctx);
+    let mut ctx = rtu_client(&pty);
+    assert!(bits(&mut ctx, 3, Table::Coil, 5, 1).await[0]);
 }
 
 #[tokio::test]
