@@ -42,3 +42,396 @@ pub enum WordOrder {
     BADC,
     DCBA,
 }
+
+impl std::fmt::Display for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Table::Coil => "coil",
+            Table::DiscreteInput => "discrete input",
+            Table::Holding => "holding",
+            Table::Input => "input",
+        })
+    }
+}
+
+impl Table {
+    /// Coils and discrete inputs carry bits; the other two carry 16-bit words.
+    pub fn is_bits(self) -> bool {
+        matches!(self, Table::Coil | Table::DiscreteInput)
+    }
+
+    /// Only coils and holding registers can be written.
+    pub fn is_writable(self) -> bool {
+        matches!(self, Table::Coil | Table::Holding)
+    }
+}
+
+impl std::fmt::Display for ValueType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ValueType::U16 => "u16",
+            ValueType::I16 => "i16",
+            ValueType::U32 => "u32",
+            ValueType::I32 => "i32",
+            ValueType::U64 => "u64",
+            ValueType::I64 => "i64",
+            ValueType::F32 => "f32",
+            ValueType::F64 => "f64",
+            ValueType::Bool => "bool",
+            ValueType::Bit => "bit",
+            ValueType::String => "string",
+        })
+    }
+}
+
+impl std::fmt::Display for WordOrder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WordOrder::ABCD => "ABCD",
+            WordOrder::CDAB => "CDAB",
+            WordOrder::BADC => "BADC",
+            WordOrder::DCBA => "DCBA",
+        })
+    }
+}
+
+impl ValueType {
+    /// How many 16-bit registers (or bits, for coil tables) one value occupies.
+    ///
+    /// `length` only matters for strings; a string without a length is taken as one register
+    /// (the driver loader is expected to insist on a length).
+    pub fn registers(self, length: Option<u16>) -> u16 {
+        match self {
+            ValueType::U16 | ValueType::I16 | ValueType::Bool | ValueType::Bit => 1,
+            ValueType::U32 | ValueType::I32 | ValueType::F32 => 2,
+            ValueType::U64 | ValueType::I64 | ValueType::F64 => 4,
+            ValueType::String => length.unwrap_or(1).max(1),
+        }
+    }
+
+    /// Whether the word order applies (16-bit values are always big-endian, as the Modbus
+    /// specification sends every register high byte first).
+    fn is_wide(self) -> bool {
+        self.registers(None) > 1 && self != ValueType::String
+    }
+}
+
+/// A decoded value, before scale and offset.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decoded {
+    Number(f64),
+    Bool(bool),
+    Text(String),
+}
+
+impl std::fmt::Display for Decoded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Decoded::Number(v) => write!(f, "{v}"),
+            Decoded::Bool(b) => write!(f, "{b}"),
+            Decoded::Text(t) => write!(f, "{t:?}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ValueError {
+    #[error("{ty} needs {need} register(s), got {got}")]
+    TooFewRegisters {
+        ty: ValueType,
+        need: u16,
+        got: usize,
+    },
+    #[error("{value} does not fit in {ty}")]
+    OutOfRange { ty: ValueType, value: f64 },
+    #[error("{value} is not a finite number and cannot be written as {ty}")]
+    NotFinite { ty: ValueType, value: f64 },
+    #[error("{ty} value is not ascii: byte 0x{byte:02x} at position {position}")]
+    NotAscii {
+        ty: ValueType,
+        byte: u8,
+        position: usize,
+    },
+    #[error("text of {chars} characters does not fit in {registers} register(s)")]
+    TextTooLong { chars: usize, registers: u16 },
+    #[error("cannot write {value} as {ty}")]
+    WrongKind { ty: ValueType, value: Decoded },
+    #[error("bit type needs a bit number 0..15, got {0:?}")]
+    BadBit(Option<u8>),
+    #[error("a single bit is written with a mask write (see bit_mask), not as a register value")]
+    BitNeedsMask,
+}
+
+/// Puts big-endian bytes into registers in the given order.
+///
+/// For 32-bit values with bytes A B C D (A most significant):
+/// - ABCD: registers `[AB, CD]` (big-endian, the Modbus default)
+/// - CDAB: registers `[CD, AB]` (low word first, Watlow F4T)
+/// - BADC: registers `[BA, DC]` (bytes swapped within each word)
+/// - DCBA: registers `[DC, BA]` (fully little-endian)
+///
+/// For 64-bit values with bytes A B C D E F G H the same two rules apply to all four words:
+/// - ABCD: `[AB, CD, EF, GH]`
+/// - CDAB: `[GH, EF, CD, AB]` (all four words in reverse order, bytes within a word unchanged)
+/// - BADC: `[BA, DC, FE, HG]` (word order kept, bytes swapped within each word)
+/// - DCBA: `[HG, FE, DC, BA]` (fully little-endian)
+///
+/// So "CD first" always means "least significant word first", whatever the width.
+fn bytes_to_regs(be: &[u8], order: WordOrder) -> Vec<u16> {
+    let swap_bytes = matches!(order, WordOrder::BADC | WordOrder::DCBA);
+    let swap_words = matches!(order, WordOrder::CDAB | WordOrder::DCBA);
+    let mut regs: Vec<u16> = be
+        .chunks(2)
+        .map(|c| {
+            let w = u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)]);
+            if swap_bytes { w.swap_bytes() } else { w }
+        })
+        .collect();
+    if swap_words {
+        regs.reverse();
+    }
+    regs
+}
+
+/// The inverse of [`bytes_to_regs`]: registers in `order` back to big-endian bytes.
+fn regs_to_bytes(regs: &[u16], order: WordOrder) -> Vec<u8> {
+    let swap_bytes = matches!(order, WordOrder::BADC | WordOrder::DCBA);
+    let swap_words = matches!(order, WordOrder::CDAB | WordOrder::DCBA);
+    let mut words: Vec<u16> = regs
+        .iter()
+        .map(|&w| if swap_bytes { w.swap_bytes() } else { w })
+        .collect();
+    if swap_words {
+        words.reverse();
+    }
+    words.iter().flat_map(|w| w.to_be_bytes()).collect()
+}
+
+/// Decodes one value from the registers read for it. Registers beyond the type's width are
+/// ignored, except for strings, which take every register given (pass exactly `length`).
+///
+/// Coils and discrete inputs are passed as registers holding 0 or 1 with `ty = Bool`.
+/// `order` applies to 32- and 64-bit types only. u64 and i64 become f64, which is exact
+/// only up to 2^53 (9007199254740992); larger counters lose their low bits.
+pub fn decode(
+    regs: &[u16],
+    ty: ValueType,
+    order: WordOrder,
+    bit: Option<u8>,
+) -> Result<Decoded, ValueError> {
+    let need = if ty == ValueType::String {
+        regs.len().max(1) as u16
+    } else {
+        ty.registers(None)
+    };
+    if regs.len() < need as usize {
+        return Err(ValueError::TooFewRegisters {
+            ty,
+            need,
+            got: regs.len(),
+        });
+    }
+    let regs = &regs[..need as usize];
+    let bytes = if ty.is_wide() {
+        regs_to_bytes(regs, order)
+    } else {
+        regs_to_bytes(regs, WordOrder::ABCD)
+    };
+    let number = |v: f64| Ok(Decoded::Number(v));
+    match ty {
+        ValueType::U16 => number(f64::from(regs[0])),
+        ValueType::I16 => number(f64::from(regs[0] as i16)),
+        ValueType::U32 => number(f64::from(u32::from_be_bytes(arr(&bytes)))),
+        ValueType::I32 => number(f64::from(i32::from_be_bytes(arr(&bytes)))),
+        ValueType::F32 => number(f64::from(f32::from_be_bytes(arr(&bytes)))),
+        ValueType::U64 => number(u64::from_be_bytes(arr(&bytes)) as f64),
+        ValueType::I64 => number(i64::from_be_bytes(arr(&bytes)) as f64),
+        ValueType::F64 => number(f64::from_be_bytes(arr(&bytes))),
+        ValueType::Bool => Ok(Decoded::Bool(regs[0] != 0)),
+        ValueType::Bit => match bit {
+            Some(b) if b < 16 => Ok(Decoded::Bool(regs[0] & (1 << b) != 0)),
+            other => Err(ValueError::BadBit(other)),
+        },
+        ValueType::String => {
+            if let Some((position, &byte)) = bytes.iter().enumerate().find(|(_, b)| !b.is_ascii()) {
+                return Err(ValueError::NotAscii { ty, byte, position });
+            }
+            let end = bytes
+                .iter()
+                .rposition(|&b| b != 0 && b != b' ')
+                .map_or(0, |i| i + 1);
+            // Checked ASCII above, so this cannot fail; map anyway rather than unwrap.
+            let text = String::from_utf8_lossy(&bytes[..end]).into_owned();
+            Ok(Decoded::Text(text))
+        }
+    }
+}
+
+fn arr<const N: usize>(bytes: &[u8]) -> [u8; N] {
+    let mut out = [0u8; N];
+    out.copy_from_slice(&bytes[..N]);
+    out
+}
+
+/// Encodes one value into registers for a write.
+///
+/// Numbers are rounded to the nearest integer for integer types and range-checked;
+/// NaN or infinity is refused for integer types (f32/f64 carry them as they are, but a
+/// finite f64 beyond the f32 range is refused). Strings are ASCII, two characters per register,
+/// high byte first, padded with NUL to `length` registers (or to their own length).
+/// `Bit` is refused: one bit is written with a mask write, see [`bit_mask`].
+pub fn encode(
+    value: &Decoded,
+    ty: ValueType,
+    order: WordOrder,
+    length: Option<u16>,
+) -> Result<Vec<u16>, ValueError> {
+    let wrong = || ValueError::WrongKind {
+        ty,
+        value: value.clone(),
+    };
+    let order = if ty.is_wide() { order } else { WordOrder::ABCD };
+    match ty {
+        ValueType::Bit => Err(ValueError::BitNeedsMask),
+        ValueType::Bool => match value {
+            Decoded::Bool(b) => Ok(vec![u16::from(*b)]),
+            Decoded::Number(v) if *v == 0.0 || *v == 1.0 => Ok(vec![*v as u16]),
+            Decoded::Number(v) => Err(ValueError::OutOfRange { ty, value: *v }),
+            Decoded::Text(_) => Err(wrong()),
+        },
+        ValueType::String => {
+            let Decoded::Text(text) = value else {
+                return Err(wrong());
+            };
+            if let Some((position, &byte)) = text
+                .as_bytes()
+                .iter()
+                .enumerate()
+                .find(|(_, b)| !b.is_ascii())
+            {
+                return Err(ValueError::NotAscii { ty, byte, position });
+            }
+            let registers = length.unwrap_or(text.len().div_ceil(2).max(1) as u16);
+            if text.len() > registers as usize * 2 {
+                return Err(ValueError::TextTooLong {
+                    chars: text.len(),
+                    registers,
+                });
+            }
+            let mut bytes = text.as_bytes().to_vec();
+            bytes.resize(registers as usize * 2, 0);
+            Ok(bytes_to_regs(&bytes, WordOrder::ABCD))
+        }
+        _ => {
+            let v = match value {
+                Decoded::Number(v) => *v,
+                Decoded::Bool(b) => f64::from(u8::from(*b)),
+                Decoded::Text(_) => return Err(wrong()),
+            };
+            let bytes: Vec<u8> = match ty {
+                ValueType::F64 => v.to_be_bytes().to_vec(),
+                ValueType::F32 => {
+                    let f = v as f32;
+                    if v.is_finite() && !f.is_finite() {
+                        return Err(ValueError::OutOfRange { ty, value: v });
+                    }
+                    f.to_be_bytes().to_vec()
+                }
+                _ => {
+                    if !v.is_finite() {
+                        return Err(ValueError::NotFinite { ty, value: v });
+                    }
+                    let r = v.round();
+                    // Bounds as f64: the upper ones are exclusive powers of two, exactly representable.
+                    let (lo, hi) = match ty {
+                        ValueType::U16 => (0.0, 65536.0),
+                        ValueType::I16 => (-32768.0, 32768.0),
+                        ValueType::U32 => (0.0, 4294967296.0),
+                        ValueType::I32 => (-2147483648.0, 2147483648.0),
+                        ValueType::U64 => (0.0, 18446744073709551616.0),
+                        _ => (-9223372036854775808.0, 9223372036854775808.0),
+                    };
+                    if r < lo || r >= hi {
+                        return Err(ValueError::OutOfRange { ty, value: v });
+                    }
+                    match ty {
+                        ValueType::U16 => (r as u16).to_be_bytes().to_vec(),
+                        ValueType::I16 => (r as i16).to_be_bytes().to_vec(),
+                        ValueType::U32 => (r as u32).to_be_bytes().to_vec(),
+                        ValueType::I32 => (r as i32).to_be_bytes().to_vec(),
+                        ValueType::U64 => (r as u64).to_be_bytes().to_vec(),
+                        _ => (r as i64).to_be_bytes().to_vec(),
+                    }
+                }
+            };
+            Ok(bytes_to_regs(&bytes, order))
+        }
+    }
+}
+
+/// The `(and_mask, or_mask)` of a mask write (function 22) that sets or clears one bit
+/// and leaves the other fifteen alone.
+pub fn bit_mask(bit: u8, value: bool) -> Result<(u16, u16), ValueError> {
+    if bit >= 16 {
+        return Err(ValueError::BadBit(Some(bit)));
+    }
+    let m = 1u16 << bit;
+    Ok((!m, if value { m } else { 0 }))
+}
+
+/// Engineering value from a raw one: `raw * scale + offset` (scale 1 and offset 0 when absent).
+pub fn scale(raw: f64, scale: Option<f64>, offset: Option<f64>) -> f64 {
+    raw * scale.unwrap_or(1.0) + offset.unwrap_or(0.0)
+}
+
+/// Raw value to write for an engineering value: `(value - offset) / scale`.
+///
+/// A zero scale gives a non-finite result, which [`encode`] then refuses for integer types.
+pub fn unscale(value: f64, scale: Option<f64>, offset: Option<f64>) -> f64 {
+    (value - offset.unwrap_or(0.0)) / scale.unwrap_or(1.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orders_of_a_32_bit_value() {
+        let be = [0xA1, 0xB2, 0xC3, 0xD4];
+        assert_eq!(bytes_to_regs(&be, WordOrder::ABCD), [0xA1B2, 0xC3D4]);
+        assert_eq!(bytes_to_regs(&be, WordOrder::CDAB), [0xC3D4, 0xA1B2]);
+        assert_eq!(bytes_to_regs(&be, WordOrder::BADC), [0xB2A1, 0xD4C3]);
+        assert_eq!(bytes_to_regs(&be, WordOrder::DCBA), [0xD4C3, 0xB2A1]);
+    }
+
+    #[test]
+    fn orders_of_a_64_bit_value() {
+        let be = [1, 2, 3, 4, 5, 6, 7, 8];
+        assert_eq!(
+            bytes_to_regs(&be, WordOrder::CDAB),
+            [0x0708, 0x0506, 0x0304, 0x0102]
+        );
+        assert_eq!(
+            bytes_to_regs(&be, WordOrder::DCBA),
+            [0x0807, 0x0605, 0x0403, 0x0201]
+        );
+        for order in [
+            WordOrder::ABCD,
+            WordOrder::CDAB,
+            WordOrder::BADC,
+            WordOrder::DCBA,
+        ] {
+            assert_eq!(regs_to_bytes(&bytes_to_regs(&be, order), order), be);
+        }
+    }
+
+    #[test]
+    fn watlow_float_low_word_first() {
+        // 25.0f32 = 0x41C8_0000; the F4T sends the low word first.
+        let regs = [0x0000, 0x41C8];
+        assert_eq!(
+            decode(&regs, ValueType::F32, WordOrder::CDAB, None),
+            Ok(Decoded::Number(25.0))
+        );
+    }
+}

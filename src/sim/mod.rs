@@ -1,3 +1,4 @@
 //! Built-in simulated instruments served on loopback (and on pseudo-terminals).
 
 pub mod fault;
+pub mod modbus;
