@@ -1,3 +1,11 @@
 //! Built-in simulated instruments served on loopback (and on pseudo-terminals).
 
 pub mod fault;
+pub mod ac_source;
+pub mod bench;
+pub mod logger;
+pub mod plant;
+pub mod power_analyzer;
+pub mod pty;
+pub mod scpi_server;
+pub mod sphere;
