@@ -155,9 +155,11 @@ pub async fn start(cfg: SimBenchConfig) -> io::Result<SimBench> {
     bench.spawn_tcp(lg_l, logger.clone(), f.logger.clone());
 
     if let Some([(pa_m, pa_p), (ac_m, ac_p), (sp_m, sp_p), (lg_m, lg_p)]) = ptys {
-        bench
-            .tasks
-            .push(tokio::spawn(serve_pty(pa_m, analyzer, f.power_analyzer.clone())));
+        bench.tasks.push(tokio::spawn(serve_pty(
+            pa_m,
+            analyzer,
+            f.power_analyzer.clone(),
+        )));
         bench
             .tasks
             .push(tokio::spawn(serve_pty(ac_m, source, f.ac_source.clone())));

@@ -2,9 +2,10 @@
 //! K-type thermocouples: channel 101 is taped to the [`Plant`]'s lamp case, the others hang in
 //! the room air, and configured channels are open (a broken thermocouple).
 //!
-//! Commands: `*IDN?`, `*RST`, `*CLS`, `*OPC?`, `SYST:ERR?` (`+0,"No error"`),
-//! `MEAS:TEMP? TC,<type>,(@<list>)` and `CONF:TEMP` / `READ?` are not simulated. Channel lists
-//! are ranges `(@101:104)` and/or single channels `(@101,103)`, slot 1 only (101..120).
+//! Commands: `*IDN?`, `*RST`, `*CLS`, `*OPC?`, `SYST:ERR?` (`+0,"No error"`) and
+//! `MEAS:TEMP? TC,K,(@<list>)` (only K-type; `CONF:TEMP`, `ROUT:SCAN` and `READ?` are not
+//! simulated). Channel lists are ranges `(@101:104)` and/or single channels `(@101,103)`, slot 1
+//! only (101..120).
 //! Replies are NR3 degC with eight decimals (`+2.41230000E+01`); an open thermocouple reads
 //! `+9.90000000E+37`, as the instrument reports one.
 
@@ -160,9 +161,15 @@ mod tests {
 
     #[test]
     fn channel_lists() {
-        assert_eq!(parse_channel_list("(@101:104)"), Some(vec![101, 102, 103, 104]));
+        assert_eq!(
+            parse_channel_list("(@101:104)"),
+            Some(vec![101, 102, 103, 104])
+        );
         assert_eq!(parse_channel_list("(@101,103)"), Some(vec![101, 103]));
-        assert_eq!(parse_channel_list("(@101:102,110)"), Some(vec![101, 102, 110]));
+        assert_eq!(
+            parse_channel_list("(@101:102,110)"),
+            Some(vec![101, 102, 110])
+        );
         assert_eq!(parse_channel_list("(@104:101)"), None);
         assert_eq!(parse_channel_list("101"), None);
     }

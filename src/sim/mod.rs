@@ -1,8 +1,8 @@
 //! Built-in simulated instruments served on loopback (and on pseudo-terminals).
 
-pub mod fault;
 pub mod ac_source;
 pub mod bench;
+pub mod fault;
 pub mod logger;
 pub mod plant;
 pub mod power_analyzer;

@@ -460,7 +460,11 @@ struct XorShift(u64);
 
 impl XorShift {
     fn new(seed: u64) -> XorShift {
-        XorShift(if seed == 0 { 0x9e37_79b9_7f4a_7c15 } else { seed })
+        XorShift(if seed == 0 {
+            0x9e37_79b9_7f4a_7c15
+        } else {
+            seed
+        })
     }
 
     fn next_u64(&mut self) -> u64 {
@@ -501,7 +505,10 @@ mod tests {
         assert_eq!(s.spd.len(), SPD_POINTS);
         plant.set_voltage(80.0);
         plant.set_output(true);
-        assert!(!plant.lamp_lit(), "80 V is below the driver's start voltage");
+        assert!(
+            !plant.lamp_lit(),
+            "80 V is below the driver's start voltage"
+        );
         plant.set_voltage(230.0);
         assert!(plant.lamp_lit());
     }
@@ -516,7 +523,10 @@ mod tests {
         let cold = plant.snapshot_at(t0);
         let warm = plant.snapshot_at(t0 + cfg.tau * 10);
         assert!(cold.flux_lm > warm.flux_lm * 1.03, "flux starts high");
-        assert!(cold.active_power_w < warm.active_power_w * 0.98, "power starts low");
+        assert!(
+            cold.active_power_w < warm.active_power_w * 0.98,
+            "power starts low"
+        );
         assert!((warm.flux_lm - 806.0).abs() < 1.0, "{}", warm.flux_lm);
         assert!((warm.active_power_w - 9.5).abs() < 0.01);
         assert!(warm.case_temp_c > cold.case_temp_c + 30.0);

@@ -59,7 +59,8 @@ pub enum Function {
 impl Function {
     fn parse(s: &str) -> Option<Function> {
         let s = s.trim();
-        let is = |long: &str, short: &str| s.eq_ignore_ascii_case(long) || s.eq_ignore_ascii_case(short);
+        let is =
+            |long: &str, short: &str| s.eq_ignore_ascii_case(long) || s.eq_ignore_ascii_case(short);
         let f = if is("U", "U") {
             Function::U
         } else if is("I", "I") {
@@ -326,7 +327,7 @@ impl ScpiDevice for PowerAnalyzer {
             let f = args.first().and_then(|a| Function::parse(a));
             let element = args.get(1).map_or(Some(1.0), |e| parse_number(e));
             match (f, element) {
-                (Some(f), Some(e)) if e == 1.0 => st.items[x - 1] = f,
+                (Some(f), Some(1.0)) => st.items[x - 1] = f,
                 (Some(_), _) => st.errors.push(222, "Data out of range"),
                 (None, _) => st.errors.push(224, "Illegal parameter value"),
             }

@@ -481,7 +481,12 @@ mod tests {
         ] {
             assert!(header_matches(p, h).is_some(), "{h}");
         }
-        for h in [":NUM:NORM:VAL", ":NUME:NORM:VAL?", ":NUM:NORM:VALU?", ":NUM::VAL?"] {
+        for h in [
+            ":NUM:NORM:VAL",
+            ":NUME:NORM:VAL?",
+            ":NUM:NORM:VALU?",
+            ":NUM::VAL?",
+        ] {
             assert!(header_matches(p, h).is_none(), "{h}");
         }
     }
@@ -495,7 +500,12 @@ mod tests {
         assert!(header_matches(":STATus:FILTer#", ":STAT:FILT1").is_some());
         assert!(header_matches(":STATus:ERRor?", ":STAT:ERR1?").is_none());
         let v = "[:SOURce]:VOLTage[:LEVel][:IMMediate][:AMPLitude][:AC]";
-        for h in ["VOLT", ":SOUR:VOLT:AC", "sour:volt:lev:imm:ampl:ac", "volt:ac"] {
+        for h in [
+            "VOLT",
+            ":SOUR:VOLT:AC",
+            "sour:volt:lev:imm:ampl:ac",
+            "volt:ac",
+        ] {
             assert!(header_matches(v, h).is_some(), "{h}");
         }
         assert!(header_matches(v, "VOLT:RANG").is_none());
@@ -505,7 +515,10 @@ mod tests {
 
     #[test]
     fn splitting_respects_quotes_and_channel_lists() {
-        assert_eq!(split_commands("A 1; B?;;\"x;y\""), vec!["A 1", "B?", "\"x;y\""]);
+        assert_eq!(
+            split_commands("A 1; B?;;\"x;y\""),
+            vec!["A 1", "B?", "\"x;y\""]
+        );
         assert_eq!(split_args("TC,K,(@101,103)"), vec!["TC", "K", "(@101,103)"]);
         assert!(split_args("  ").is_empty());
         let c = Command::parse("  :NUM:NORM:ITEM1   U, 1 ");

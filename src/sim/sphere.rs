@@ -144,11 +144,13 @@ impl ScpiDevice for Sphere {
         }
         if cmd.is("*OPC?") {
             // Called directly (not through the server) while busy: report "not yet".
-            return Some(match st.measurement {
-                Measurement::Busy { .. } => "0",
-                _ => "1",
-            }
-            .to_string());
+            return Some(
+                match st.measurement {
+                    Measurement::Busy { .. } => "0",
+                    _ => "1",
+                }
+                .to_string(),
+            );
         }
         if cmd.is(":SYSTem:ERRor?") {
             return Some(st.errors.pop_formatted(false));
@@ -182,7 +184,13 @@ impl ScpiDevice for Sphere {
                 .to_string(),
             );
         }
-        if !cmd.is_query() || !cmd.header.trim_start_matches(':').to_ascii_uppercase().starts_with("FETC") {
+        if !cmd.is_query()
+            || !cmd
+                .header
+                .trim_start_matches(':')
+                .to_ascii_uppercase()
+                .starts_with("FETC")
+        {
             st.errors.undefined_header();
             return None;
         }
