@@ -231,7 +231,12 @@ async fn ac_source_commands() {
 #[tokio::test]
 async fn coupled_bench_settles() {
     let b = start(SimBenchConfig {
-        plant: quick_plant(),
+        // A large cold excess leaves a stalled test seconds of slack before the early flux
+        // reading stops being clearly high.
+        plant: PlantConfig {
+            cold_flux_excess: 0.08,
+            ..quick_plant()
+        },
         sphere: SphereConfig {
             integration_time: Duration::from_millis(20),
         },
@@ -259,7 +264,8 @@ async fn coupled_bench_settles() {
     let deadline = Instant::now() + Duration::from_secs(12);
     loop {
         let p = pa.number(":NUM:NORM:VAL? 3").await;
-        if (p - 9.5).abs() < 0.02 {
+        // Tight enough that the flux (same time constant) is within ~1 lm of steady state too.
+        if (p - 9.5).abs() < 0.006 {
             break;
         }
         assert!(Instant::now() < deadline, "power never settled: {p}");
@@ -268,7 +274,7 @@ async fn coupled_bench_settles() {
     sp.send("INIT").await;
     assert_eq!(sp.query("*OPC?").await, "1");
     let flux = sp.number("FETC:FLUX?").await;
-    assert!((flux - 806.0).abs() < 3.0, "{flux}");
+    assert!((flux - 806.0).abs() < 4.0, "{flux}");
     assert!(
         early_flux > flux * 1.01,
         "flux falls as the lamp warms: {early_flux} -> {flux}"
@@ -297,7 +303,7 @@ async fn sphere_measurement_cycle() {
     let b = start(SimBenchConfig {
         plant: quick_plant(),
         sphere: SphereConfig {
-            integration_time: Duration::from_millis(800),
+            integration_time: Duration::from_millis(1500),
         },
         ..SimBenchConfig::ephemeral()
     })
