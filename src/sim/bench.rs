@@ -1,0 +1,228 @@
+//! The simulated SCPI bench: power analyzer, AC source, sphere and logger around one shared
+//! [`Plant`], each served on a loopback TCP port (and optionally on its own pseudo-terminal).
+//!
+//! Every connection to one instrument (TCP or pty) shares that instrument's state, exactly as
+//! several clients of a real LAN instrument would.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_serial::SerialStream;
+
+use super::ac_source::AcSource;
+use super::fault::Faults;
+use super::logger::{Logger, LoggerConfig};
+use super::plant::{Plant, PlantConfig};
+use super::power_analyzer::{PowerAnalyzer, PowerAnalyzerConfig};
+use super::pty::open_pty;
+use super::scpi_server::{ScpiDevice, serve_stream, serve_tcp};
+use super::sphere::{Sphere, SphereConfig};
+
+/// Faults per instrument.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BenchFaults {
+    pub power_analyzer: Faults,
+    pub ac_source: Faults,
+    pub sphere: Faults,
+    pub logger: Faults,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimBenchConfig {
+    /// Must be a loopback address: the simulators have no access control.
+    pub host: IpAddr,
+    /// 0 picks an ephemeral port.
+    pub power_analyzer_port: u16,
+    pub ac_source_port: u16,
+    pub sphere_port: u16,
+    pub logger_port: u16,
+    pub plant: PlantConfig,
+    pub faults: BenchFaults,
+    /// Also serve each instrument on its own pseudo-terminal.
+    pub pty: bool,
+    pub power_analyzer: PowerAnalyzerConfig,
+    pub sphere: SphereConfig,
+    pub logger: LoggerConfig,
+}
+
+impl Default for SimBenchConfig {
+    fn default() -> Self {
+        SimBenchConfig {
+            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            power_analyzer_port: 15025,
+            ac_source_port: 15026,
+            sphere_port: 15027,
+            logger_port: 15028,
+            plant: PlantConfig::default(),
+            faults: BenchFaults::default(),
+            pty: false,
+            power_analyzer: PowerAnalyzerConfig::default(),
+            sphere: SphereConfig::default(),
+            logger: LoggerConfig::default(),
+        }
+    }
+}
+
+impl SimBenchConfig {
+    /// The default bench on ephemeral ports (for tests running in parallel).
+    pub fn ephemeral() -> SimBenchConfig {
+        SimBenchConfig {
+            power_analyzer_port: 0,
+            ac_source_port: 0,
+            sphere_port: 0,
+            logger_port: 0,
+            ..SimBenchConfig::default()
+        }
+    }
+}
+
+/// Device paths of the pseudo-terminals, when the bench serves them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BenchPtys {
+    pub power_analyzer: PathBuf,
+    pub ac_source: PathBuf,
+    pub sphere: PathBuf,
+    pub logger: PathBuf,
+}
+
+/// A running bench. Dropping it (or [`SimBench::shutdown`]) stops every server and closes every
+/// connection and pseudo-terminal.
+#[derive(Debug)]
+pub struct SimBench {
+    pub power_analyzer: SocketAddr,
+    pub ac_source: SocketAddr,
+    pub sphere: SocketAddr,
+    pub logger: SocketAddr,
+    pub ptys: Option<BenchPtys>,
+    /// The shared physics; tests inspect it (`plant.output_on()`).
+    pub plant: Plant,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Bind every listener before spawning anything so a port clash fails the whole start cleanly.
+async fn bind(host: IpAddr, port: u16, what: &str) -> io::Result<TcpListener> {
+    TcpListener::bind((host, port)).await.map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("sim {what}: cannot listen on {host}:{port}: {e}"),
+        )
+    })
+}
+
+/// Start the bench. Must be called inside a tokio runtime.
+pub async fn start(cfg: SimBenchConfig) -> io::Result<SimBench> {
+    if !cfg.host.is_loopback() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("sim bench host {} is not a loopback address", cfg.host),
+        ));
+    }
+    let pa_l = bind(cfg.host, cfg.power_analyzer_port, "power analyzer").await?;
+    let ac_l = bind(cfg.host, cfg.ac_source_port, "ac source").await?;
+    let sp_l = bind(cfg.host, cfg.sphere_port, "sphere").await?;
+    let lg_l = bind(cfg.host, cfg.logger_port, "logger").await?;
+
+    let plant = Plant::new(cfg.plant.clone());
+    let analyzer = PowerAnalyzer::new(plant.clone(), cfg.power_analyzer.clone());
+    let source = AcSource::new(plant.clone());
+    let sphere = Sphere::new(plant.clone(), cfg.sphere.clone());
+    let logger = Logger::new(plant.clone(), cfg.logger.clone());
+
+    // Open the ptys before spawning so a failure leaves nothing running.
+    let ptys = if cfg.pty {
+        Some([open_pty()?, open_pty()?, open_pty()?, open_pty()?])
+    } else {
+        None
+    };
+
+    let mut bench = SimBench {
+        power_analyzer: pa_l.local_addr()?,
+        ac_source: ac_l.local_addr()?,
+        sphere: sp_l.local_addr()?,
+        logger: lg_l.local_addr()?,
+        ptys: None,
+        plant,
+        tasks: Vec::new(),
+    };
+    let f = &cfg.faults;
+    bench.spawn_tcp(pa_l, analyzer.clone(), f.power_analyzer.clone());
+    bench.spawn_tcp(ac_l, source.clone(), f.ac_source.clone());
+    bench.spawn_tcp(sp_l, sphere.clone(), f.sphere.clone());
+    bench.spawn_tcp(lg_l, logger.clone(), f.logger.clone());
+
+    if let Some([(pa_m, pa_p), (ac_m, ac_p), (sp_m, sp_p), (lg_m, lg_p)]) = ptys {
+        bench.tasks.push(tokio::spawn(serve_pty(
+            pa_m,
+            analyzer,
+            f.power_analyzer.clone(),
+        )));
+        bench
+            .tasks
+            .push(tokio::spawn(serve_pty(ac_m, source, f.ac_source.clone())));
+        bench
+            .tasks
+            .push(tokio::spawn(serve_pty(sp_m, sphere, f.sphere.clone())));
+        bench
+            .tasks
+            .push(tokio::spawn(serve_pty(lg_m, logger, f.logger.clone())));
+        bench.ptys = Some(BenchPtys {
+            power_analyzer: pa_p,
+            ac_source: ac_p,
+            sphere: sp_p,
+            logger: lg_p,
+        });
+    }
+    Ok(bench)
+}
+
+impl SimBench {
+    fn spawn_tcp<D>(&mut self, listener: TcpListener, device: D, faults: Faults)
+    where
+        D: ScpiDevice + Clone + Sync + 'static,
+    {
+        self.tasks.push(tokio::spawn(async move {
+            let factory = move || -> Box<dyn ScpiDevice> { Box::new(device.clone()) };
+            if let Err(e) = serve_tcp(listener, factory, faults).await {
+                tracing::warn!(message = "sim server stopped", error = %e);
+            }
+        }));
+    }
+
+    /// Stop every server and wait until they are gone.
+    pub async fn shutdown(mut self) {
+        let tasks = std::mem::take(&mut self.tasks);
+        for t in &tasks {
+            t.abort();
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for SimBench {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// A pty cannot be "closed" towards the client, so after the stream ends (a `drop_after` fault,
+/// a transient error) the same device is served again on the same master.
+async fn serve_pty<D>(mut master: SerialStream, device: D, faults: Faults)
+where
+    D: ScpiDevice + Clone,
+{
+    loop {
+        if let Err(e) = serve_stream(&mut master, device.clone(), faults.clone()).await {
+            tracing::debug!(message = "sim pty stream error", error = %e);
+        }
+        // Never spin if the master keeps failing.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
