@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 fn main() {
     println!("cargo:rerun-if-changed=drivers");
-    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let dir = manifest.join("drivers");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .map(|rd| {
@@ -15,13 +16,23 @@ fn main() {
         })
         .unwrap_or_default();
     files.sort();
-    let mut out = String::from("/// (file name, text) of every shipped driver, in name order.\npub static EMBEDDED_DRIVERS: &[(&str, &str)] = &[\n");
+    let mut out = String::from(
+        "/// (file name, text) of every shipped driver, in name order.\npub static EMBEDDED_DRIVERS: &[(&str, &str)] = &[\n",
+    );
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
-        let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        out.push_str(&format!("    ({:?}, include_str!({:?})),\n", format!("drivers/{name}"), f.display().to_string()));
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "    ({:?}, include_str!({:?})),\n",
+            format!("drivers/{name}"),
+            f.display().to_string()
+        ));
     }
     out.push_str("];\n");
-    let out_path = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("embedded_drivers.rs");
+    let out_path = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"))
+        .join("embedded_drivers.rs");
     std::fs::write(out_path, out).expect("write embedded_drivers.rs");
 }

@@ -95,16 +95,19 @@ impl Diagnostics {
     pub fn sorted(&self) -> Vec<&Diagnostic> {
         let mut v: Vec<&Diagnostic> = self.0.iter().collect();
         v.sort_by(|a, b| {
-            (&a.file, a.line, a.col, &a.key, &a.message).cmp(&(
-                &b.file, b.line, b.col, &b.key, &b.message,
-            ))
+            (&a.file, a.line, a.col, &a.key, &a.message)
+                .cmp(&(&b.file, b.line, b.col, &b.key, &b.message))
         });
         v
     }
 
     /// `Ok(())` unless there is an error (warnings alone pass).
     pub fn into_result(self) -> Result<Diagnostics, Diagnostics> {
-        if self.has_errors() { Err(self) } else { Ok(self) }
+        if self.has_errors() {
+            Err(self)
+        } else {
+            Ok(self)
+        }
     }
 }
 
@@ -216,7 +219,8 @@ impl Source {
         Err(diags)
     }
 
-    /// Deserialize one entry (`value`, found at dotted `key`) into `T`.
+    /// Deserialize one entry (`value`, found at dotted `key`) into `T`; `None` (with
+    /// diagnostics pushed) if anything in it is wrong.
     ///
     /// Every bad key inside the entry is reported, not just the first: after an error
     /// attributed to a key, that key is dropped and deserialization retried. A "missing key"
@@ -233,7 +237,9 @@ impl Source {
         for _ in 0..256 {
             let de = toml::de::ValueDeserializer::from(value.clone());
             let err = match T::deserialize(de) {
-                Ok(t) => return Some(t),
+                // An entry that needed keys dropped is not what the file says: report, don't use.
+                Ok(t) if dropped.is_empty() => return Some(t),
+                Ok(_) => return None,
                 Err(e) => e,
             };
             let span = err.span().unwrap_or_else(|| value.span());
@@ -264,43 +270,60 @@ enum Seg {
 
 /// The dotted key path of the deepest key or element at byte `pos`, and how to reach it.
 fn path_at(value: &Spanned<DeValue<'_>>, pos: usize, prefix: &str) -> (String, Vec<Seg>) {
+    let segs = find_path(value, pos).unwrap_or_default();
     let mut path = prefix.to_string();
-    let mut segs = Vec::new();
-    let mut cur = value;
-    loop {
-        let next = match cur.get_ref() {
-            DeValue::Table(t) => t.iter().find_map(|(k, v)| {
-                let in_key = k.span().contains(&pos);
-                let in_val = v.span().contains(&pos) || v.span().start == pos;
-                (in_key || in_val).then(|| (Seg::Key(k.get_ref().to_string()), v, in_key))
-            }),
-            DeValue::Array(a) => a
-                .iter()
-                .enumerate()
-                .find(|(_, v)| v.span().contains(&pos))
-                .map(|(i, v)| (Seg::Index(i), v, false)),
-            _ => None,
-        };
-        match next {
-            Some((seg, v, stop)) => {
-                match &seg {
-                    Seg::Key(k) => {
-                        if !path.is_empty() {
-                            path.push('.');
-                        }
-                        path.push_str(k);
-                    }
-                    Seg::Index(i) => path.push_str(&format!("[{i}]")),
+    for seg in &segs {
+        match seg {
+            Seg::Key(k) => {
+                if !path.is_empty() {
+                    path.push('.');
                 }
-                segs.push(seg);
-                if stop {
-                    return (path, segs);
-                }
-                cur = v;
+                path.push_str(k);
             }
-            None => return (path, segs),
+            Seg::Index(i) => path.push_str(&format!("[{i}]")),
         }
     }
+    (path, segs)
+}
+
+/// Searches the whole subtree rather than only children whose span holds `pos`: tables made
+/// by dotted keys (`args.n = { .. }`) carry spans that need not cover their contents.
+fn find_path(value: &Spanned<DeValue<'_>>, pos: usize) -> Option<Vec<Seg>> {
+    let children: Vec<(Seg, &Spanned<DeValue<'_>>, bool)> = match value.get_ref() {
+        DeValue::Table(t) => t
+            .iter()
+            .map(|(k, v)| {
+                (
+                    Seg::Key(k.get_ref().to_string()),
+                    v,
+                    k.span().contains(&pos),
+                )
+            })
+            .collect(),
+        DeValue::Array(a) => a
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (Seg::Index(i), v, false))
+            .collect(),
+        _ => return None,
+    };
+    for (seg, _, in_key) in &children {
+        if *in_key {
+            return Some(vec![seg.clone()]);
+        }
+    }
+    for (seg, v, _) in &children {
+        let here = v.span().contains(&pos) || v.span().start == pos;
+        match find_path(v, pos) {
+            Some(mut sub) => {
+                sub.insert(0, seg.clone());
+                return Some(sub);
+            }
+            None if here => return Some(vec![seg.clone()]),
+            None => {}
+        }
+    }
+    None
 }
 
 fn remove_at(value: &mut DeValue<'_>, segs: &[Seg]) -> bool {
@@ -361,6 +384,9 @@ fn tidy_message(msg: &str) -> String {
         if let Some((bad, known)) = names.split_first() {
             return format!("unknown value \"{bad}\"{}", suggest_or_list(bad, known));
         }
+    }
+    if msg.starts_with("wanted exactly 1 element") {
+        return "must be a table with exactly one key".to_string();
     }
     msg.replace("invalid type: ", "wrong type: ")
 }

@@ -311,7 +311,10 @@ fn entries<'a, 'd>(
         return Vec::new();
     };
     match v.get_ref() {
-        DeValue::Table(t) => t.iter().map(|(k, v)| (k.get_ref().to_string(), v)).collect(),
+        DeValue::Table(t) => t
+            .iter()
+            .map(|(k, v)| (k.get_ref().to_string(), v))
+            .collect(),
         _ => {
             diags.push(source.error(
                 v.span(),
@@ -347,9 +350,10 @@ fn decode_link(
             Some("tcp") => Some(TCP_KEYS),
             Some("serial") => Some(SERIAL_KEYS),
             other => {
-                let shown = other.map_or_else(|| k.get_ref().type_str().to_string(), |s| {
-                    format!("\"{s}\"")
-                });
+                let shown = other.map_or_else(
+                    || k.get_ref().type_str().to_string(),
+                    |s| format!("\"{s}\""),
+                );
                 diags.push(source.error(
                     k.span(),
                     &format!("{key}.kind"),
@@ -387,12 +391,14 @@ fn decode_link(
         source.decode(&key, &Spanned::new(v.span(), DeValue::Table(common)), diags);
     let transport_v = Spanned::new(v.span(), DeValue::Table(transport));
     let transport = match kind {
-        Some(k) if k == TCP_KEYS => source
-            .decode::<TcpFields>(&key, &transport_v, diags)
-            .map(|t| Transport::Tcp {
-                host: t.host,
-                port: t.port,
-            }),
+        Some(k) if k == TCP_KEYS => {
+            source
+                .decode::<TcpFields>(&key, &transport_v, diags)
+                .map(|t| Transport::Tcp {
+                    host: t.host,
+                    port: t.port,
+                })
+        }
         Some(_) => source
             .decode::<SerialFields>(&key, &transport_v, diags)
             .map(|s| Transport::Serial {
@@ -536,14 +542,22 @@ impl Check<'_, '_> {
         let driver = drivers.get(&inst.driver).cloned();
         if driver.is_none() {
             let known: Vec<&str> = drivers.keys().map(String::as_str).collect();
-            self.unknown(&["instruments", id, "driver"], "driver", &inst.driver, &known);
+            self.unknown(
+                &["instruments", id, "driver"],
+                "driver",
+                &inst.driver,
+                &known,
+            );
         }
         if let (Some(l), Some(d)) = (link, &driver) {
             let proto = d.file.driver.protocol;
             let ok = match proto {
                 Protocol::Scpi => l.protocol == LinkProtocol::Scpi,
                 Protocol::Modbus => {
-                    matches!(l.protocol, LinkProtocol::ModbusTcp | LinkProtocol::ModbusRtu)
+                    matches!(
+                        l.protocol,
+                        LinkProtocol::ModbusTcp | LinkProtocol::ModbusRtu
+                    )
                 }
             };
             if !ok {
@@ -570,7 +584,10 @@ impl Check<'_, '_> {
                 ),
                 (LinkProtocol::ModbusTcp | LinkProtocol::ModbusRtu, None) => self.err(
                     &["instruments", id],
-                    format!("missing key `unit` (the modbus unit id on link \"{}\")", inst.link),
+                    format!(
+                        "missing key `unit` (the modbus unit id on link \"{}\")",
+                        inst.link
+                    ),
                 ),
                 (LinkProtocol::ModbusTcp, Some(u)) if !(1..=247).contains(&u) && u != 255 => self
                     .err(
@@ -628,7 +645,10 @@ impl Check<'_, '_> {
 
     fn check_station(&mut self, name: &str, s: &StationConfig) {
         if s.roles.is_empty() {
-            self.err(&["stations", name, "roles"], "a station needs at least one role");
+            self.err(
+                &["stations", name, "roles"],
+                "a station needs at least one role",
+            );
         }
         let known: Vec<String> = self
             .names
@@ -638,7 +658,12 @@ impl Check<'_, '_> {
         let known: Vec<&str> = known.iter().map(String::as_str).collect();
         for (role, inst) in &s.roles {
             if !self.exists("instruments", inst) {
-                self.unknown(&["stations", name, "roles", role], "instrument", inst, &known);
+                self.unknown(
+                    &["stations", name, "roles", role],
+                    "instrument",
+                    inst,
+                    &known,
+                );
             }
         }
     }
@@ -658,12 +683,20 @@ impl Check<'_, '_> {
             );
         }
         if p.quantities.is_empty() {
-            self.err(&["polls", &idx, "quantities"], "quantities must not be empty");
+            self.err(
+                &["polls", &idx, "quantities"],
+                "quantities must not be empty",
+            );
         }
         let Some(inst) = instruments.get(&p.instrument) else {
             if !self.exists("instruments", &p.instrument) {
                 let known: Vec<&str> = instruments.keys().map(String::as_str).collect();
-                self.unknown(&["polls", &idx, "instrument"], "instrument", &p.instrument, &known);
+                self.unknown(
+                    &["polls", &idx, "instrument"],
+                    "instrument",
+                    &p.instrument,
+                    &known,
+                );
             }
             return;
         };

@@ -139,13 +139,17 @@ fn parse_with_name_span(source: &Source) -> Result<(Driver, Range<usize>), Diagn
             None
         }
     };
-    let identity: Option<Identity> = root.get("identity")
+    let identity: Option<Identity> = root
+        .get("identity")
         .and_then(|v| source.decode("identity", v, &mut diags));
-    let scpi: Option<ScpiSettings> =
-        root.get("scpi").and_then(|v| source.decode("scpi", v, &mut diags));
-    let modbus: Option<ModbusSettings> =
-        root.get("modbus").and_then(|v| source.decode("modbus", v, &mut diags));
-    let init: Vec<String> = root.get("init")
+    let scpi: Option<ScpiSettings> = root
+        .get("scpi")
+        .and_then(|v| source.decode("scpi", v, &mut diags));
+    let modbus: Option<ModbusSettings> = root
+        .get("modbus")
+        .and_then(|v| source.decode("modbus", v, &mut diags));
+    let init: Vec<String> = root
+        .get("init")
         .and_then(|v| source.decode("init", v, &mut diags))
         .unwrap_or_default();
     let mut names = BTreeMap::new();
@@ -311,7 +315,10 @@ impl Check<'_, '_> {
             self.err(&["driver", "name"], "driver name must not be empty");
         }
         if !scpi_proto && has_scpi {
-            self.err(&["scpi"], "[scpi] section is only allowed with protocol \"scpi\"");
+            self.err(
+                &["scpi"],
+                "[scpi] section is only allowed with protocol \"scpi\"",
+            );
         }
         if scpi_proto && f.modbus.is_some() {
             self.err(
@@ -582,7 +589,12 @@ impl Check<'_, '_> {
         for (i, f) in b.fields.iter().enumerate() {
             if !f.is_empty() && !self.has("quantities", f) {
                 let idx = format!("[{i}]");
-                self.unknown_name(&["blocks", name, "fields", &idx], "quantity", f, &["quantities"]);
+                self.unknown_name(
+                    &["blocks", name, "fields", &idx],
+                    "quantity",
+                    f,
+                    &["quantities"],
+                );
             }
         }
         self.nonzero(&["blocks", name, "timeout"], b.timeout);
@@ -612,9 +624,10 @@ impl Check<'_, '_> {
         }
         self.nonzero(&["measurements", name, "timeout"], m.timeout);
         match &m.wait {
-            Wait::Opc(q) if q.trim().is_empty() => {
-                self.err(&["measurements", name, "wait", "opc"], "query must not be empty")
-            }
+            Wait::Opc(q) if q.trim().is_empty() => self.err(
+                &["measurements", name, "wait", "opc"],
+                "query must not be empty",
+            ),
             Wait::Poll {
                 query, interval, ..
             } => {
@@ -700,10 +713,7 @@ impl Check<'_, '_> {
                         let known: Vec<&str> = a.args.keys().map(String::as_str).collect();
                         self.err(
                             &["actions", name, "writes", &idx, "arg"],
-                            format!(
-                                "unknown argument \"{arg}\"{}",
-                                suggest_or_list(arg, &known)
-                            ),
+                            format!("unknown argument \"{arg}\"{}", suggest_or_list(arg, &known)),
                         );
                     }
                     used.insert(arg.clone());
@@ -754,7 +764,8 @@ impl Check<'_, '_> {
                 }
             }
         }
-        if matches!(a.arg_type, ArgType::Bool | ArgType::Enum) && (a.min.is_some() || a.max.is_some())
+        if matches!(a.arg_type, ArgType::Bool | ArgType::Enum)
+            && (a.min.is_some() || a.max.is_some())
         {
             let k = if a.min.is_some() { "min" } else { "max" };
             self.err(&at(k), "min and max are only for numeric arguments");
