@@ -71,15 +71,13 @@ fn syntax_error_has_line_and_col() {
 #[test]
 fn unknown_keys_at_every_level() {
     check(
-        &format!(
-            "[driver]\nname = \"t\"\nprotocol = \"scpi\"\nvendor = \"x\"\n\
-             [scpi]\ntimout = \"1s\"\ninvalid = [{{ token = \"NAN\", kind = \"no_data\", colour = 1 }}]\n\
+        "[driver]\nname = \"t\"\nprotocol = \"scpi\"\nvendor = \"x\"\n\
+             [scpi]\ntimout = \"1s\"\ninvalid = [{ token = \"NAN\", kind = \"no_data\", colour = 1 }]\n\
              [quantity.v]\nquery = \"V?\"\n\
              [quantities.v]\nquerry = \"V?\"\nquery = \"V?\"\n\
              [blocks.b]\nquery = \"B?\"\nfields = [\"v\"]\nfield = 1\n\
-             [measurements.m]\nstart = [\"GO\"]\nwait = {{ opc = \"*OPC?\", extra = 1 }}\nfetch = [\"v\"]\n\
-             [actions.a]\ncommands = [\"X {{n}}\"]\nargs.n = {{ type = \"int\", maximum = 3 }}\n"
-        ),
+             [measurements.m]\nstart = [\"GO\"]\nwait = { opc = \"*OPC?\", extra = 1 }\nfetch = [\"v\"]\n\
+             [actions.a]\ncommands = [\"X {n}\"]\nargs.n = { type = \"int\", maximum = 3 }\n",
         "d.toml:4:1: driver.vendor: unknown key `vendor` (known: name, protocol, manufacturer, model, description)\n\
 d.toml:6:1: scpi.timout: unknown key `timout` (did you mean `timeout`?)\n\
 d.toml:7:47: scpi.invalid[0].colour: unknown key `colour` (known: token, value, kind)\n\
@@ -398,7 +396,8 @@ fn duplicate_driver_names_across_files() {
 
 #[test]
 fn load_dirs_reads_every_toml_file() {
-    let set = load_dirs(&["tests/fixtures/drivers_ok".into(), "drivers".into()]).expect("drivers load");
+    let set =
+        load_dirs(&["tests/fixtures/drivers_ok".into(), "drivers".into()]).expect("drivers load");
     assert!(set.contains_key("ok"));
     assert!(set.contains_key("yokogawa-wt310e"));
     assert!(set.contains_key("relay-rack"));

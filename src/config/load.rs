@@ -61,15 +61,18 @@ pub fn load(path: &Path) -> Result<Bench, Diagnostics> {
         None => Paths::default(),
     };
     let resolved = resolve(&source.path, &paths);
+    let mut broken = BTreeSet::new();
     let drivers = match driver_load::load_dirs(&resolved.drivers) {
         Ok(d) => d,
         Err(d) => {
             diags.extend(d);
-            // Still check the config itself so its problems show up in the same run.
+            // Still check the config itself so its problems show up in the same run, but
+            // do not call a driver unknown when its file exists and was just reported.
+            broken = driver_load::declared_names(&resolved.drivers);
             DriverSet::new()
         }
     };
-    match load_with_drivers(&source, drivers) {
+    match check_bench(&source, drivers, &broken) {
         Ok(b) if !diags.has_errors() => Ok(b),
         Ok(_) => Err(diags),
         Err(d) => {
@@ -105,13 +108,31 @@ fn resolve(config_path: &Path, p: &Paths) -> ResolvedPaths {
     let dir = config_path.parent().unwrap_or(Path::new(""));
     let abs = |q: &Path| -> PathBuf {
         let joined = dir.join(q);
-        std::path::absolute(&joined).unwrap_or(joined)
+        normalize(&std::path::absolute(&joined).unwrap_or(joined))
     };
     ResolvedPaths {
         drivers: p.drivers.iter().map(|d| abs(d)).collect(),
         recipes: abs(&p.recipes),
         data: abs(&p.data),
     }
+}
+
+/// Drop `.` and resolve `..` lexically, so messages show `/bench/data`, not `/bench/cfg/../data`.
+fn normalize(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 const TOP_KEYS: &[&str] = &["paths", "links", "instruments", "stations", "polls"];
@@ -184,6 +205,15 @@ fn one() -> u8 {
 /// Check a config text against an already loaded driver set. Paths resolve against the
 /// directory of `source.path`.
 pub fn load_with_drivers(source: &Source, drivers: DriverSet) -> Result<Bench, Diagnostics> {
+    check_bench(source, drivers, &BTreeSet::new())
+}
+
+/// `broken`: names of drivers whose files exist but failed to load (already reported).
+fn check_bench(
+    source: &Source,
+    drivers: DriverSet,
+    broken: &BTreeSet<String>,
+) -> Result<Bench, Diagnostics> {
     let doc = source.parse_toml()?;
     let mut diags = Diagnostics::new();
     let root = doc.get_ref();
@@ -255,7 +285,7 @@ pub fn load_with_drivers(source: &Source, drivers: DriverSet) -> Result<Bench, D
     }
     let mut defs = BTreeMap::new();
     for (id, inst) in &instruments {
-        if let Some(driver) = cx.check_instrument(id, inst, &links, &drivers) {
+        if let Some(driver) = cx.check_instrument(id, inst, &links, &drivers, broken) {
             defs.insert(
                 id.clone(),
                 InstrumentDef {
@@ -273,8 +303,17 @@ pub fn load_with_drivers(source: &Source, drivers: DriverSet) -> Result<Bench, D
     for (i, p) in &polls {
         cx.check_poll(*i, p, &instruments, &drivers);
     }
+    // From the raw entries, so an instrument with a typo elsewhere still counts as a user.
+    let used: BTreeSet<String> = entries(source, &doc, "instruments", &mut Diagnostics::new())
+        .into_iter()
+        .filter_map(|(_, v)| {
+            v.get_ref()
+                .get("link")
+                .and_then(|l| l.get_ref().as_str().map(str::to_string))
+        })
+        .collect();
     for name in links.keys() {
-        if !instruments.values().any(|i| &i.link == name) {
+        if !used.contains(name) {
             let span = span_of(&doc, &["links", name]);
             cx.diags.push(source.warning(
                 span,
@@ -527,20 +566,20 @@ impl Check<'_, '_> {
         inst: &InstrumentConfig,
         links: &BTreeMap<String, LinkConfig>,
         drivers: &DriverSet,
+        broken: &BTreeSet<String>,
     ) -> Option<Arc<Driver>> {
         let link = links.get(&inst.link);
         if link.is_none() && !self.exists("links", &inst.link) {
-            let known: Vec<&str> = self
+            let known: Vec<String> = self
                 .names
                 .get("links")
-                .map(|s| s.iter().map(String::as_str).collect())
+                .map(|s| s.iter().cloned().collect())
                 .unwrap_or_default();
-            let known: Vec<String> = known.iter().map(|s| s.to_string()).collect();
             let known: Vec<&str> = known.iter().map(String::as_str).collect();
             self.unknown(&["instruments", id, "link"], "link", &inst.link, &known);
         }
         let driver = drivers.get(&inst.driver).cloned();
-        if driver.is_none() {
+        if driver.is_none() && !broken.contains(&inst.driver) {
             let known: Vec<&str> = drivers.keys().map(String::as_str).collect();
             self.unknown(
                 &["instruments", id, "driver"],

@@ -102,6 +102,37 @@ pub fn load_dirs(dirs: &[PathBuf]) -> Result<DriverSet, Diagnostics> {
     }
 }
 
+/// The `[driver] name` of every parseable `*.toml` in `dirs`, valid or not; lets the config
+/// check tell "no such driver" from "that driver's file has errors".
+pub fn declared_names(dirs: &[PathBuf]) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for p in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+            if p.extension().is_none_or(|x| x != "toml") {
+                continue;
+            }
+            let Ok(source) = Source::read(&p) else {
+                continue;
+            };
+            let Ok(doc) = source.parse_toml() else {
+                continue;
+            };
+            let name = doc
+                .get_ref()
+                .get("driver")
+                .and_then(|d| d.get_ref().get("name"))
+                .and_then(|n| n.get_ref().as_str().map(str::to_string));
+            if let Some(n) = name {
+                names.insert(n);
+            }
+        }
+    }
+    names
+}
+
 const TOP_KEYS: &[&str] = &[
     "driver",
     "identity",
