@@ -422,3 +422,20 @@ fn every_embedded_driver_is_valid() {
         }
     }
 }
+
+#[test]
+fn complete_examples_in_the_reference_are_valid() {
+    let readme = std::fs::read_to_string("drivers/README.md").expect("drivers/README.md");
+    let blocks: Vec<&str> = readme
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .filter(|b| b.starts_with("[driver]"))
+        .collect();
+    assert_eq!(blocks.len(), 2, "the two complete examples");
+    for b in blocks {
+        if let Err(e) = parse_driver(&Source::new("README.md", b)) {
+            panic!("{b}\n{e}");
+        }
+    }
+}
