@@ -317,3 +317,34 @@ fn config_and_driver_problems_reported_together() {
         )
     );
 }
+
+#[test]
+fn missing_keys_point_at_their_entry() {
+    check(
+        &base(
+            "[instruments.x]\nlink = \"lan\"\n\
+             [[polls]]\ninstrument = \"pa\"\nquantities = [\"volt\"]\n\
+             [stations.s]\ndescription = \"no roles\"\n",
+        ),
+        "c.toml:18:1: instruments.x.driver: missing key\n\
+c.toml:20:1: polls[0].interval: missing key\n\
+c.toml:23:1: stations.s.roles: missing key",
+    );
+}
+
+#[test]
+fn display_matches_the_documented_shape() {
+    let src = "[links.pa_link]\nprotocol = \"scpi\"\nkind = \"tcp\"\nhost = \"h\"\nport = 1\n\
+               [links.src_link]\nprotocol = \"scpi\"\nkind = \"tcp\"\nhost = \"h\"\nport = 2\n\
+               [instruments.pa1]\ndriver = \"scpi-dev\"\nlink = \"pa_lnk\"\n\
+               [instruments.src1]\ndriver = \"scpi-dev\"\nlink = \"src_link\"\n";
+    let err = load_with_drivers(&Source::new("config/demo.toml", src), drivers())
+        .expect_err("dangling link");
+    let first = err.errors().next().expect("one error");
+    assert_eq!((first.line, first.col), (13, 8));
+    assert_eq!(first.key, "instruments.pa1.link");
+    assert_eq!(
+        first.to_string(),
+        "config/demo.toml:13:8: instruments.pa1.link: unknown link \"pa_lnk\" (did you mean `pa_link`?)"
+    );
+}
