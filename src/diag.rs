@@ -252,8 +252,20 @@ impl Source {
                 diags.push(self.error(span, &format!("{path}.{missing}"), "missing key"));
                 return None;
             }
-            diags.push(self.error(span, &path, message));
-            if segs.is_empty() || !remove_at(value.get_mut(), &segs) {
+            diags.push(self.error(span.clone(), &path, message));
+            if segs.is_empty() {
+                return None;
+            }
+            // A bad value of a required key cannot just be dropped (serde would then stop
+            // at "missing key"), so try a stand-in of another type first; the entry is not
+            // used either way, the point is to reach the next problem.
+            let substituted = !err.message().starts_with("unknown field")
+                && substitute(&mut value, &segs, span.start, err.message(), |v| {
+                    T::deserialize(toml::de::ValueDeserializer::from(v))
+                        .err()
+                        .map(|e| e.span().map_or(usize::MAX, |s| s.start))
+                });
+            if !substituted && !remove_at(value.get_mut(), &segs) {
                 return None;
             }
             dropped.push(path);
@@ -360,6 +372,59 @@ fn remove_at(value: &mut DeValue<'_>, segs: &[Seg]) -> bool {
     }
 }
 
+/// Replace the value at `segs` with the first stand-in that moves the error away from `pos`.
+/// `try_decode` returns where the next error starts, or `None` when decoding succeeds.
+fn substitute<'i>(
+    value: &mut Spanned<DeValue<'i>>,
+    segs: &[Seg],
+    pos: usize,
+    message: &str,
+    try_decode: impl Fn(Spanned<DeValue<'i>>) -> Option<usize>,
+) -> bool {
+    let Some(span) = get_at_mut(value, segs).map(|v| v.span()) else {
+        return false;
+    };
+    let mut candidates: Vec<DeValue<'i>> = Vec::new();
+    // "unknown variant `x`, expected one of `a`, `b`": the first expected name is valid.
+    if let Some(first) = backticked(message).get(1) {
+        candidates.push(DeValue::String(std::borrow::Cow::Owned(first.to_string())));
+    }
+    for text in ["\"\"", "\"1s\"", "1", "1.0", "true", "[]", "{}"] {
+        if let Ok(v) = DeValue::parse(text) {
+            candidates.push(v.into_inner());
+        }
+    }
+    for c in candidates {
+        let mut trial = value.clone();
+        if let Some(slot) = get_at_mut(&mut trial, segs) {
+            *slot = Spanned::new(span.clone(), c);
+        }
+        match try_decode(trial.clone()) {
+            Some(next) if next == pos => continue,
+            _ => {
+                *value = trial;
+                return true;
+            }
+        }
+    }
+    false
+}
+
+fn get_at_mut<'a, 'i>(
+    value: &'a mut Spanned<DeValue<'i>>,
+    segs: &[Seg],
+) -> Option<&'a mut Spanned<DeValue<'i>>> {
+    let mut cur = value;
+    for seg in segs {
+        cur = match (cur.get_mut(), seg) {
+            (DeValue::Table(t), Seg::Key(k)) => t.get_mut(k.as_str())?,
+            (DeValue::Array(a), Seg::Index(i)) => a.get_mut(*i)?,
+            _ => return None,
+        };
+    }
+    Some(cur)
+}
+
 fn missing_field(msg: &str) -> Option<String> {
     let rest = msg.strip_prefix("missing field `")?;
     Some(rest.split('`').next()?.to_string())
@@ -388,7 +453,12 @@ fn tidy_message(msg: &str) -> String {
     if msg.starts_with("wanted exactly 1 element") {
         return "must be a table with exactly one key".to_string();
     }
+    // serde's data-model words, in TOML's vocabulary.
     msg.replace("invalid type: ", "wrong type: ")
+        .replace("type: sequence", "type: array")
+        .replace("type: map", "type: table")
+        .replace("expected a sequence", "expected an array")
+        .replace("expected a map", "expected a table")
 }
 
 fn syntax_message(msg: &str) -> String {

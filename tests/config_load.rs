@@ -348,3 +348,20 @@ fn display_matches_the_documented_shape() {
         "config/demo.toml:13:8: instruments.pa1.link: unknown link \"pa_lnk\" (did you mean `pa_link`?)"
     );
 }
+
+#[test]
+fn bad_required_value_does_not_hide_later_problems_in_the_entry() {
+    check(
+        &base(
+            "[instruments.x]\ndriver = 5\nlink = [\"lan\"]\nunit = 300\nnote = \"x\"\n\
+             [links.y]\nprotocol = \"scpy\"\nkind = \"tcp\"\nhost = 1\nport = 70000\n",
+        ),
+        "c.toml:19:10: instruments.x.driver: wrong type: integer `5`, expected a string\n\
+c.toml:20:8: instruments.x.link: wrong type: array, expected a string\n\
+c.toml:21:8: instruments.x.unit: invalid value: integer `300`, expected u8\n\
+c.toml:22:1: instruments.x.note: unknown key `note` (known: driver, link, unit, description, skip_identity)\n\
+c.toml:24:12: links.y.protocol: unknown value \"scpy\" (did you mean `scpi`?)\n\
+c.toml:26:8: links.y.host: wrong type: integer `1`, expected a string\n\
+c.toml:27:8: links.y.port: invalid value: integer `70000`, expected u16",
+    );
+}
