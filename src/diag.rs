@@ -231,6 +231,7 @@ impl Source {
         value: &Spanned<DeValue<'_>>,
         diags: &mut Diagnostics,
     ) -> Option<T> {
+        let original = value;
         let mut value = value.clone();
         let mut dropped: Vec<String> = Vec::new();
         // Bounded: each round drops one key, and an entry has finitely many.
@@ -243,14 +244,33 @@ impl Source {
                 Err(e) => e,
             };
             let span = err.span().unwrap_or_else(|| value.span());
-            let (path, segs) = path_at(&value, span.start, key);
+            // Paths from the text as written: stand-ins carry their table's span.
+            let (path, segs) = path_at(original, span.start, key);
             let message = tidy_message(err.message());
             if let Some(missing) = missing_field(err.message()) {
-                if dropped.iter().any(|d| d == &format!("{path}.{missing}")) {
+                let full = format!("{path}.{missing}");
+                if dropped.contains(&full) {
                     return None;
                 }
-                diags.push(self.error(span, &format!("{path}.{missing}"), "missing key"));
-                return None;
+                diags.push(self.error(span.clone(), &full, "missing key"));
+                // Stand in for the missing key so the keys after it are checked too.
+                let mut segs = segs;
+                segs.push(Seg::Key(missing.clone()));
+                let at = span.start;
+                // The stand-in works when the next error is elsewhere, or is another
+                // missing key of the same table.
+                let still_fails = |v| match T::deserialize(toml::de::ValueDeserializer::from(v)) {
+                    Ok(_) => false,
+                    Err(e) => {
+                        e.span().is_none_or(|s| s.start == at)
+                            && missing_field(e.message()).is_none_or(|m| m == missing)
+                    }
+                };
+                if !insert_stand_in(&mut value, &segs, span, still_fails) {
+                    return None;
+                }
+                dropped.push(full);
+                continue;
             }
             diags.push(self.error(span.clone(), &path, message));
             if segs.is_empty() {
@@ -405,6 +425,39 @@ fn substitute<'i>(
                 *value = trial;
                 return true;
             }
+        }
+    }
+    false
+}
+
+/// Add the key named by the last of `segs` with the first stand-in for which `still_fails`
+/// is false.
+fn insert_stand_in<'i>(
+    value: &mut Spanned<DeValue<'i>>,
+    segs: &[Seg],
+    span: Range<usize>,
+    still_fails: impl Fn(Spanned<DeValue<'i>>) -> bool,
+) -> bool {
+    let Some((Seg::Key(name), parent)) = segs.split_last() else {
+        return false;
+    };
+    for text in ["\"\"", "\"1s\"", "1", "1.0", "true", "[]", "{}"] {
+        let Ok(candidate) = DeValue::parse(text) else {
+            continue;
+        };
+        let mut trial = value.clone();
+        match get_at_mut(&mut trial, parent).map(|t| t.get_mut()) {
+            Some(DeValue::Table(t)) => {
+                t.insert(
+                    Spanned::new(span.clone(), std::borrow::Cow::Owned(name.clone())),
+                    Spanned::new(span.clone(), candidate.into_inner()),
+                );
+            }
+            _ => return false,
+        }
+        if !still_fails(trial.clone()) {
+            *value = trial;
+            return true;
         }
     }
     false

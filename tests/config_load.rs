@@ -365,3 +365,16 @@ c.toml:26:8: links.y.host: wrong type: integer `1`, expected a string\n\
 c.toml:27:8: links.y.port: invalid value: integer `70000`, expected u16",
     );
 }
+
+#[test]
+fn every_missing_key_of_an_entry_is_reported() {
+    check(
+        &base("[instruments.x]\ndescription = \"neither driver nor link\"\nbogus = 1\n[[polls]]\n"),
+        "c.toml:18:1: instruments.x.driver: missing key\n\
+c.toml:18:1: instruments.x.link: missing key\n\
+c.toml:20:1: instruments.x.bogus: unknown key `bogus` (known: driver, link, unit, description, skip_identity)\n\
+c.toml:21:1: polls[0].instrument: missing key\n\
+c.toml:21:1: polls[0].interval: missing key\n\
+c.toml:21:1: polls[0].quantities: missing key",
+    );
+}

@@ -439,3 +439,15 @@ fn complete_examples_in_the_reference_are_valid() {
         }
     }
 }
+
+#[test]
+fn every_missing_key_of_an_entry_is_reported() {
+    check(
+        &scpi(
+            "[measurements.m]\ndescription = \"empty\"\n[actions.a]\ncommands = [\"X {v}\"]\nargs.v = { unit = \"V\" }\n",
+        ),
+        "d.toml:4:1: measurements.m.start: missing key\n\
+d.toml:4:1: measurements.m.wait: missing key\n\
+d.toml:8:10: actions.a.args.v.type: missing key",
+    );
+}
