@@ -101,7 +101,7 @@ impl Diagnostics {
         v
     }
 
-    /// `Ok(())` unless there is an error (warnings alone pass).
+    /// `Err` if any diagnostic is an error; warnings alone pass through `Ok`.
     pub fn into_result(self) -> Result<Diagnostics, Diagnostics> {
         if self.has_errors() {
             Err(self)
