@@ -19,3 +19,4 @@ pub mod modbus;
 pub mod reading;
 pub mod scpi;
 pub mod sim;
+pub mod store;
