@@ -225,7 +225,9 @@ fn generate(path: &std::path::Path, runs: usize, with_measurements: bool) -> i64
                 "INSERT INTO events (run_id, seq, at_us, kind, payload) VALUES (?1, ?2, ?3, ?4, '{}')",
             )
             .unwrap();
-        let names: Vec<String> = (0..MEASUREMENTS_PER_STEP).map(|i| format!("q{i}")).collect();
+        let names: Vec<String> = (0..MEASUREMENTS_PER_STEP)
+            .map(|i| format!("q{i}"))
+            .collect();
         let mut step_id = 0i64;
         for i in 0..runs {
             let id = i as i64 + 1;
@@ -257,11 +259,21 @@ fn generate(path: &std::path::Path, runs: usize, with_measurements: bool) -> i64
                 step_id += 1;
                 let s_start = start + s as i64 * 60_000_000;
                 step_st
-                    .execute(params![step_id, id, s as i64, s_start, s_start + 60_000_000])
+                    .execute(params![
+                        step_id,
+                        id,
+                        s as i64,
+                        s_start,
+                        s_start + 60_000_000
+                    ])
                     .unwrap();
                 for (k, name) in names.iter().enumerate() {
                     let v = 10.0 + rng.below(200) as f64 * 0.01 - 1.0;
-                    let verdict = if (9.0..=11.0).contains(&v) { "pass" } else { "fail" };
+                    let verdict = if (9.0..=11.0).contains(&v) {
+                        "pass"
+                    } else {
+                        "fail"
+                    };
                     m_st.execute(params![
                         id,
                         step_id,
@@ -307,7 +319,11 @@ fn report(label: &str, mut lat: Vec<Duration>) {
     );
 }
 
-async fn time_filter(store: &Store, iters: usize, mut make: impl FnMut(usize) -> RunFilter) -> Vec<Duration> {
+async fn time_filter(
+    store: &Store,
+    iters: usize,
+    mut make: impl FnMut(usize) -> RunFilter,
+) -> Vec<Duration> {
     let mut lat = Vec::with_capacity(iters);
     for i in 0..iters {
         let f = make(i);
@@ -330,7 +346,10 @@ fn query_latency(rt: &tokio::runtime::Runtime, runs: usize) {
     let at = |us: i64| SystemTime::UNIX_EPOCH + Duration::from_micros(us as u64);
     rt.block_on(async {
         let mut rng = Lcg(7);
-        report("list_runs (no filter)", time_filter(&store, iters, |_| RunFilter::default()).await);
+        report(
+            "list_runs (no filter)",
+            time_filter(&store, iters, |_| RunFilter::default()).await,
+        );
         report(
             "list_runs dut",
             time_filter(&store, iters, |_| RunFilter {

@@ -71,7 +71,14 @@ async fn migrates_from_empty_and_creates_directories() {
         let path = dir.path().join("data/sub/results.db");
         let store = Store::open(&path).expect("open");
         assert!(path.exists());
-        assert!(store.list_runs(&RunFilter::default()).await.unwrap().items.is_empty());
+        assert!(
+            store
+                .list_runs(&RunFilter::default())
+                .await
+                .unwrap()
+                .items
+                .is_empty()
+        );
         drop(store);
         let conn = rusqlite::Connection::open(&path).unwrap();
         let v: i64 = conn
@@ -91,7 +98,10 @@ async fn reopen_keeps_data() {
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
-        let run = store.create_run(new_run("SN1", "lm79", "bench-1")).await.unwrap();
+        let run = store
+            .create_run(new_run("SN1", "lm79", "bench-1"))
+            .await
+            .unwrap();
         let step = store.start_step(run, 0, "warm up", "wait").await.unwrap();
         let m = store.add_measurement(meas(step, "P", 10.0)).await.unwrap();
         drop(store);
@@ -121,7 +131,10 @@ async fn newer_schema_is_refused_naming_the_file() {
         matches!(err, StoreError::NewerSchema { found, .. } if found == newer),
         "{err:?}"
     );
-    assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -130,7 +143,10 @@ async fn a_file_that_is_not_a_database_is_refused_naming_the_file() {
     let path = dir.path().join("results.db");
     std::fs::write(&path, vec![0x5au8; 8192]).unwrap();
     let err = Store::open(&path).unwrap_err();
-    assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -149,7 +165,10 @@ async fn list_runs_filters() {
         ];
         let mut ids = Vec::new();
         for (dut, recipe, station, verdict) in plan {
-            let id = store.create_run(new_run(dut, recipe, station)).await.unwrap();
+            let id = store
+                .create_run(new_run(dut, recipe, station))
+                .await
+                .unwrap();
             if let Some(v) = verdict {
                 store.finish_run(id, v).await.unwrap();
             }
@@ -255,7 +274,10 @@ async fn cursor_paging_has_no_gaps_or_duplicates() {
             pages += 1;
             // Runs added while paging are newer than the cursor: they must not shift later pages.
             if pages == 2 {
-                store.create_run(new_run("SN-A", "lm79", "b1")).await.unwrap();
+                store
+                    .create_run(new_run("SN-A", "lm79", "b1"))
+                    .await
+                    .unwrap();
             }
             match page.next_cursor {
                 Some(c) => filter.cursor = Some(c),
@@ -302,7 +324,10 @@ async fn get_run_keeps_order_and_invalid_markers() {
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
-        let run = store.create_run(new_run("SN9", "lm79", "b1")).await.unwrap();
+        let run = store
+            .create_run(new_run("SN9", "lm79", "b1"))
+            .await
+            .unwrap();
         let s0 = store.start_step(run, 0, "power on", "set").await.unwrap();
         let a = store.add_measurement(meas(s0, "U", 230.1)).await.unwrap();
         store.finish_step(s0, StepStatus::Pass, None).await.unwrap();
@@ -363,11 +388,17 @@ async fn bad_writes_are_refused_with_typed_errors() {
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
-        let run = store.create_run(new_run("SN1", "lm79", "b1")).await.unwrap();
+        let run = store
+            .create_run(new_run("SN1", "lm79", "b1"))
+            .await
+            .unwrap();
         let step = store.start_step(run, 0, "read", "read").await.unwrap();
 
         let nan = store.add_measurement(meas(step, "P", f64::NAN)).await;
-        assert!(matches!(nan, Err(StoreError::InvalidMeasurement { .. })), "{nan:?}");
+        assert!(
+            matches!(nan, Err(StoreError::InvalidMeasurement { .. })),
+            "{nan:?}"
+        );
         let both = NewMeasurement {
             invalid: Some("no_data".into()),
             ..meas(step, "P", 1.0)
@@ -384,23 +415,40 @@ async fn bad_writes_are_refused_with_typed_errors() {
             .add_measurements(vec![meas(step, "a", 1.0), meas(step, "b", f64::INFINITY)])
             .await;
         assert!(batch.is_err());
-        assert!(store.get_run(run).await.unwrap().unwrap().measurements.is_empty());
+        assert!(
+            store
+                .get_run(run)
+                .await
+                .unwrap()
+                .unwrap()
+                .measurements
+                .is_empty()
+        );
 
         let unknown = store.add_measurement(meas(StepId(777), "P", 1.0)).await;
-        assert!(matches!(unknown, Err(StoreError::StepNotFound { .. })), "{unknown:?}");
+        assert!(
+            matches!(unknown, Err(StoreError::StepNotFound { .. })),
+            "{unknown:?}"
+        );
         assert!(matches!(
             store.start_step(RunId(777), 0, "x", "y").await,
             Err(StoreError::RunNotFound { .. })
         ));
 
-        store.finish_step(step, StepStatus::Pass, None).await.unwrap();
+        store
+            .finish_step(step, StepStatus::Pass, None)
+            .await
+            .unwrap();
         assert!(matches!(
             store.finish_step(step, StepStatus::Pass, None).await,
             Err(StoreError::StepFinished { .. })
         ));
         store.finish_run(run, RunVerdict::Pass).await.unwrap();
         let late = store.add_measurement(meas(step, "P", 1.0)).await;
-        assert!(matches!(late, Err(StoreError::RunFinished { .. })), "{late:?}");
+        assert!(
+            matches!(late, Err(StoreError::RunFinished { .. })),
+            "{late:?}"
+        );
         assert!(matches!(
             store.finish_run(run, RunVerdict::Fail).await,
             Err(StoreError::RunFinished { .. })
@@ -416,8 +464,14 @@ async fn events_resume_after_any_sequence_number() {
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
-        let run = store.create_run(new_run("SN1", "lm79", "b1")).await.unwrap();
-        let other = store.create_run(new_run("SN2", "lm79", "b1")).await.unwrap();
+        let run = store
+            .create_run(new_run("SN1", "lm79", "b1"))
+            .await
+            .unwrap();
+        let other = store
+            .create_run(new_run("SN2", "lm79", "b1"))
+            .await
+            .unwrap();
         let mut seqs = Vec::new();
         for i in 0..5 {
             let seq = store
@@ -454,7 +508,9 @@ async fn events_resume_after_any_sequence_number() {
 
         assert_eq!(store.events_since(other, 0).await.unwrap().len(), 6);
         assert!(matches!(
-            store.add_event(RunId(999), "x", serde_json::json!({})).await,
+            store
+                .add_event(RunId(999), "x", serde_json::json!({}))
+                .await,
             Err(StoreError::RunNotFound { .. })
         ));
     })
@@ -480,9 +536,15 @@ async fn exports_round_trip_and_quote() {
             ..meas(step, "lm", 0.0)
         };
         store.add_measurement(over).await.unwrap();
-        store.finish_step(step, StepStatus::Pass, None).await.unwrap();
+        store
+            .finish_step(step, StepStatus::Pass, None)
+            .await
+            .unwrap();
         store.finish_run(run, RunVerdict::Pass).await.unwrap();
-        let empty = store.create_run(new_run("SN8", "lm79", "b1")).await.unwrap();
+        let empty = store
+            .create_run(new_run("SN8", "lm79", "b1"))
+            .await
+            .unwrap();
 
         let d = store.get_run(run).await.unwrap().unwrap();
         let json = export_json(&d).unwrap();
@@ -516,10 +578,16 @@ async fn mark_interrupted_closes_runs_left_running() {
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
-        let live = store.create_run(new_run("SN1", "lm79", "b1")).await.unwrap();
+        let live = store
+            .create_run(new_run("SN1", "lm79", "b1"))
+            .await
+            .unwrap();
         let step = store.start_step(live, 0, "soak", "wait").await.unwrap();
         store.add_measurement(meas(step, "T", 25.0)).await.unwrap();
-        let done = store.create_run(new_run("SN2", "lm79", "b1")).await.unwrap();
+        let done = store
+            .create_run(new_run("SN2", "lm79", "b1"))
+            .await
+            .unwrap();
         store.finish_run(done, RunVerdict::Pass).await.unwrap();
         drop(store);
 
@@ -558,7 +626,12 @@ async fn measurement_queries_across_runs() {
         for dut in ["SN1", "SN2", "SN1"] {
             let run = store.create_run(new_run(dut, "lm79", "b1")).await.unwrap();
             let step = store.start_step(run, 0, "read", "read").await.unwrap();
-            flux_ids.push(store.add_measurement(meas(step, "flux", 800.0)).await.unwrap());
+            flux_ids.push(
+                store
+                    .add_measurement(meas(step, "flux", 800.0))
+                    .await
+                    .unwrap(),
+            );
             store.add_measurement(meas(step, "P", 10.0)).await.unwrap();
         }
         let f = MeasurementFilter {
@@ -588,7 +661,10 @@ async fn concurrent_handles_lose_nothing() {
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
-        let run = store.create_run(new_run("SN1", "lm79", "b1")).await.unwrap();
+        let run = store
+            .create_run(new_run("SN1", "lm79", "b1"))
+            .await
+            .unwrap();
         let step = store.start_step(run, 0, "read", "read").await.unwrap();
         let mut tasks = Vec::new();
         for t in 0..4 {

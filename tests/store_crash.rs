@@ -54,7 +54,10 @@ async fn crash_child_writer() {
             raw: None,
         };
         let id = store.add_measurement(m).await.expect("child: add");
-        if writeln!(out, "M {}", id.0).and_then(|_| out.flush()).is_err() {
+        if writeln!(out, "M {}", id.0)
+            .and_then(|_| out.flush())
+            .is_err()
+        {
             return;
         }
     }
@@ -69,7 +72,12 @@ fn kill_9_loses_no_committed_measurement() {
     let path = dir.path().join("results.db");
     let exe = std::env::current_exe().unwrap();
     let mut child = Command::new(exe)
-        .args(["crash_child_writer", "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            "crash_child_writer",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_ENV, &path)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -112,10 +120,7 @@ fn kill_9_loses_no_committed_measurement() {
     }
     reader.join().unwrap();
     let run = RunId(run.expect("child printed its run id"));
-    assert!(
-        ids.len() < CHILD_MAX,
-        "child finished before it was killed"
-    );
+    assert!(ids.len() < CHILD_MAX, "child finished before it was killed");
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {

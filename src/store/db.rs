@@ -109,7 +109,9 @@ pub fn create_run(conn: &Connection, run: &NewRun, now: i64) -> Result<RunId, St
 /// Why a write aimed at a run did nothing: the run is unknown or already finished.
 fn run_not_writable(conn: &Connection, run: RunId, op: &'static str) -> StoreError {
     let state: Result<Option<RunState>, _> = conn
-        .query_row("SELECT state FROM runs WHERE id = ?1", [run.0], |r| r.get(0))
+        .query_row("SELECT state FROM runs WHERE id = ?1", [run.0], |r| {
+            r.get(0)
+        })
         .optional();
     match state {
         Ok(None) => StoreError::RunNotFound { run },
@@ -232,9 +234,11 @@ pub fn add_measurement(conn: &Connection, m: &NewMeasurement) -> Result<Measurem
         .map_err(sql(OP))?;
     if n == 0 {
         let run: Option<i64> = conn
-            .query_row("SELECT run_id FROM steps WHERE id = ?1", [m.step_id.0], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT run_id FROM steps WHERE id = ?1",
+                [m.step_id.0],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(sql(OP))?;
         return Err(match run {
@@ -343,7 +347,8 @@ pub fn mark_interrupted(conn: &Connection, now: i64) -> Result<Vec<RunId>, Store
 // ---------------------------------------------------------------------------------------------
 // Reads.
 
-const RUN_COLS: &str = "id, recipe_name, recipe_version, recipe_hash, dut_serial, station, operator,
+const RUN_COLS: &str =
+    "id, recipe_name, recipe_version, recipe_hash, dut_serial, station, operator,
                         state, verdict, started_us, ended_us";
 
 fn run_summary(r: &Row<'_>) -> rusqlite::Result<RunSummary> {
@@ -387,7 +392,7 @@ fn measurement(r: &Row<'_>) -> rusqlite::Result<Measurement> {
     })
 }
 
-/// A keyset position: (started_us, id) for runs, or just an id for measurements.
+/// A keyset position: (started_us, id) for runs, (taken_us, id) for measurements.
 fn parse_cursor(cursor: &str) -> Result<(i64, i64), StoreError> {
     let bad = || StoreError::BadCursor {
         cursor: cursor.to_string(),
@@ -437,7 +442,10 @@ pub fn list_runs(conn: &Connection, f: &RunFilter) -> Result<Page<RunSummary>, S
         push(" AND (started_us, id) < (?, ", Box::new(started));
         push("?)", Box::new(id));
     }
-    push(" ORDER BY started_us DESC, id DESC LIMIT ?", Box::new(limit as i64 + 1));
+    push(
+        " ORDER BY started_us DESC, id DESC LIMIT ?",
+        Box::new(limit as i64 + 1),
+    );
     let mut st = conn.prepare_cached(&sql_text).map_err(sql(OP))?;
     let mut items: Vec<RunSummary> = st
         .query_map(rusqlite::params_from_iter(args.iter()), run_summary)
@@ -457,7 +465,9 @@ pub fn list_runs(conn: &Connection, f: &RunFilter) -> Result<Page<RunSummary>, S
 pub fn get_run(conn: &Connection, run: RunId) -> Result<Option<RunDetail>, StoreError> {
     const OP: &str = "get run";
     let head = conn
-        .prepare_cached(&format!("SELECT {RUN_COLS}, parameters FROM runs WHERE id = ?1"))
+        .prepare_cached(&format!(
+            "SELECT {RUN_COLS}, parameters FROM runs WHERE id = ?1"
+        ))
         .and_then(|mut st| {
             st.query_row([run.0], |r| {
                 let text: String = r.get(11)?;
@@ -561,12 +571,17 @@ pub fn measurements(
         push(" AND m.taken_us < ?", Box::new(to_us(to)));
     }
     if let Some(cursor) = &f.cursor {
-        let id: i64 = cursor.parse().map_err(|_| StoreError::BadCursor {
-            cursor: cursor.clone(),
-        })?;
-        push(" AND m.id < ?", Box::new(id));
+        let (taken, id) = parse_cursor(cursor)?;
+        push(" AND m.taken_us <= ?", Box::new(taken));
+        push(" AND (m.taken_us, m.id) < (?, ", Box::new(taken));
+        push("?)", Box::new(id));
     }
-    push(" ORDER BY m.id DESC LIMIT ?", Box::new(limit as i64 + 1));
+    // By time then id, so the (name, taken_us) and (taken_us) indexes give the order without a
+    // sort over every measurement of that name.
+    push(
+        " ORDER BY m.taken_us DESC, m.id DESC LIMIT ?",
+        Box::new(limit as i64 + 1),
+    );
     let mut st = conn.prepare_cached(&sql_text).map_err(sql(OP))?;
     let mut items: Vec<MeasurementRow> = st
         .query_map(rusqlite::params_from_iter(args.iter()), |r| {
@@ -581,7 +596,10 @@ pub fn measurements(
         .map_err(sql(OP))?;
     let next_cursor = if items.len() > limit {
         items.truncate(limit);
-        items.last().map(|r| r.measurement.id.0.to_string())
+        items.last().map(|r| {
+            let m = &r.measurement;
+            format!("{}_{}", to_us(m.taken_at), m.id.0)
+        })
     } else {
         None
     };

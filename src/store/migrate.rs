@@ -76,7 +76,6 @@ CREATE TABLE measurements (
     CHECK ((value IS NULL) <> (invalid IS NULL))
 );
 CREATE INDEX measurements_run ON measurements (run_id);
-CREATE INDEX measurements_step ON measurements (step_id);
 CREATE INDEX measurements_name ON measurements (name, taken_us);
 CREATE INDEX measurements_taken ON measurements (taken_us);
 

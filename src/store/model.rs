@@ -304,7 +304,7 @@ pub struct RunFilter {
     pub limit: usize,
 }
 
-/// Filters for [`crate::store::Store::measurements`]; newest first by id.
+/// Filters for [`crate::store::Store::measurements`]; newest first (by time taken, then id).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MeasurementFilter {
     pub name: Option<String>,
