@@ -605,3 +605,109 @@ pub fn measurements(
     };
     Ok(Page { items, next_cursor })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_round_trip_through_microseconds() {
+        for us in [0, 1, -1, 1_767_225_600_123_456, -86_400_000_000] {
+            assert_eq!(to_us(from_us(us)), us);
+        }
+        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
+        assert_eq!(to_us(t), 1_700_000_000_123_456);
+    }
+
+    #[test]
+    fn cursors_parse_or_fail_typed() {
+        assert_eq!(parse_cursor("123_45").unwrap(), (123, 45));
+        assert_eq!(parse_cursor("-5_1").unwrap(), (-5, 1));
+        for bad in ["", "12", "a_1", "1_b", "1_2_3"] {
+            assert!(
+                matches!(parse_cursor(bad), Err(StoreError::BadCursor { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn page_size_defaults_and_clamps() {
+        assert_eq!(page_size(0), DEFAULT_PAGE);
+        assert_eq!(page_size(7), 7);
+        assert_eq!(page_size(1_000_000), MAX_PAGE);
+    }
+
+    #[test]
+    fn enum_texts_round_trip() {
+        for v in RunVerdict::ALL {
+            assert_eq!(v.as_str().parse::<RunVerdict>().unwrap(), *v);
+            // serde and the database agree on the text
+            assert_eq!(serde_json::to_value(v).unwrap(), v.as_str());
+        }
+        for v in StepStatus::ALL {
+            assert_eq!(v.as_str().parse::<StepStatus>().unwrap(), *v);
+            assert_eq!(serde_json::to_value(v).unwrap(), v.as_str());
+        }
+        for v in Verdict::ALL {
+            assert_eq!(serde_json::to_value(v).unwrap(), v.as_str());
+        }
+        assert!("passed".parse::<RunVerdict>().is_err());
+    }
+
+    #[test]
+    fn measurements_that_cannot_be_stored_faithfully_are_refused() {
+        let ok = NewMeasurement {
+            step_id: StepId(1),
+            name: "P".into(),
+            value: Some(1.0),
+            invalid: None,
+            unit: "W".into(),
+            limits: Limits::default(),
+            verdict: None,
+            taken_at: SystemTime::now(),
+            raw: None,
+        };
+        assert!(validate_measurement(&ok).is_ok());
+        let marker = NewMeasurement {
+            value: None,
+            invalid: Some("overrange".into()),
+            ..ok.clone()
+        };
+        assert!(validate_measurement(&marker).is_ok());
+        let bad = [
+            NewMeasurement {
+                value: Some(f64::NAN),
+                ..ok.clone()
+            },
+            NewMeasurement {
+                value: None,
+                ..ok.clone()
+            },
+            NewMeasurement {
+                invalid: Some("no_data".into()),
+                ..ok.clone()
+            },
+            NewMeasurement {
+                name: String::new(),
+                ..ok.clone()
+            },
+            NewMeasurement {
+                limits: Limits {
+                    max: Some(f64::INFINITY),
+                    ..Limits::default()
+                },
+                ..ok.clone()
+            },
+        ];
+        for m in bad {
+            assert!(
+                matches!(
+                    validate_measurement(&m),
+                    Err(StoreError::InvalidMeasurement { .. })
+                ),
+                "{m:?}"
+            );
+        }
+    }
+}

@@ -14,6 +14,9 @@
 //! fight over the lock), and reads run on `spawn_blocking` with a small pool of read-only
 //! connections, which WAL lets proceed while the writer commits. [`Store`] is a cheap clone.
 //!
+//! Writes queue on an unbounded channel: each caller awaits its own write, so the queue holds at
+//! most one job per concurrent caller.
+//!
 //! A crash leaves runs marked running: the daemon calls [`Store::mark_interrupted`] once at
 //! start-up, before starting any run (a CLI that only reads must not call it).
 
@@ -91,6 +94,11 @@ pub enum StoreError {
     InvalidMeasurement { name: String, reason: String },
     #[error("bad page cursor {cursor:?}")]
     BadCursor { cursor: String },
+    #[error("cannot start the writer thread for results store {path}: {source}")]
+    Spawn {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("results store {path} is closed (its writer thread stopped)")]
     Closed { path: PathBuf },
 }
@@ -156,6 +164,8 @@ struct Inner {
     options: StoreOptions,
     writer: mpsc::Sender<Job>,
     readers: Mutex<Vec<Connection>>,
+    /// Bounds concurrent reads (so blocking threads and open connections) to the pool size.
+    read_permits: tokio::sync::Semaphore,
 }
 
 /// A cloneable handle on the results store; see the module documentation.
@@ -199,6 +209,14 @@ fn open_connection(path: &Path, options: &StoreOptions) -> Result<Connection, St
     Ok(conn)
 }
 
+/// The store's file name inside the data directory.
+pub const FILE_NAME: &str = "results.db";
+
+/// Where the store lives in a data directory.
+pub fn path_in(data_dir: &Path) -> PathBuf {
+    data_dir.join(FILE_NAME)
+}
+
 impl Store {
     /// Opens (creating directory and file if needed) and migrates the store with default options.
     ///
@@ -229,20 +247,25 @@ impl Store {
             .spawn(move || {
                 // Ends when the last handle (and so the last sender) is dropped.
                 for job in rx {
-                    job(&mut conn);
+                    // A bug in one job must not take the store down: its transaction rolls back
+                    // as the panic unwinds, its caller sees `Closed`, and later jobs still run.
+                    let _ =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut conn)));
                 }
                 let _ = conn.execute_batch("PRAGMA optimize");
             })
-            .map_err(|source| StoreError::CreateDir {
+            .map_err(|source| StoreError::Spawn {
                 path: path.clone(),
                 source,
             })?;
+        let permits = options.read_pool.max(1);
         Ok(Store {
             inner: Arc::new(Inner {
                 path,
                 options,
                 writer: tx,
                 readers: Mutex::new(Vec::new()),
+                read_permits: tokio::sync::Semaphore::new(permits),
             }),
         })
     }
@@ -307,6 +330,12 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        let _permit = self
+            .inner
+            .read_permits
+            .acquire()
+            .await
+            .map_err(|_| self.closed())?;
         let inner = self.inner.clone();
         let r = tokio::task::spawn_blocking(move || {
             let pooled = inner.readers.lock().ok().and_then(|mut p| p.pop());
