@@ -686,6 +686,56 @@ async fn concurrent_handles_lose_nothing() {
         let stored: HashSet<_> = d.measurements.iter().map(|m| m.id).collect();
         assert_eq!(written.len(), 200);
         assert_eq!(stored, written);
+
+        // More concurrent readers than pooled connections: they queue, none fails.
+        let mut reads = Vec::new();
+        for _ in 0..16 {
+            let store = store.clone();
+            reads.push(tokio::spawn(async move {
+                store
+                    .get_run(run)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .measurements
+                    .len()
+            }));
+        }
+        for r in reads {
+            assert_eq!(r.await.unwrap(), 200);
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn full_sync_level_stores_the_same() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            sync: SyncLevel::Full,
+            read_pool: 1,
+            ..Default::default()
+        };
+        let path = path_in(dir.path());
+        let store = Store::open_with(&path, options).unwrap();
+        assert_eq!(store.path(), path.as_path());
+        let run = store
+            .create_run(new_run("SN1", "lm79", "b1"))
+            .await
+            .unwrap();
+        let step = store.start_step(run, 0, "read", "read").await.unwrap();
+        store.add_measurement(meas(step, "P", 10.0)).await.unwrap();
+        store
+            .finish_step(step, StepStatus::Pass, None)
+            .await
+            .unwrap();
+        store.finish_run(run, RunVerdict::Pass).await.unwrap();
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        let d = store.get_run(run).await.unwrap().unwrap();
+        assert_eq!(d.measurements.len(), 1);
+        assert_eq!(d.run.verdict, Some(RunVerdict::Pass));
     })
     .await
 }

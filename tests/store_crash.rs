@@ -131,7 +131,12 @@ fn kill_9_loses_no_committed_measurement() {
             let stored: std::collections::HashSet<i64> =
                 d.measurements.iter().map(|m| m.id.0).collect();
             let missing: Vec<_> = ids.iter().filter(|id| !stored.contains(id)).collect();
-            assert!(missing.is_empty(), "lost committed ids: {missing:?}");
+            assert!(
+                missing.is_empty(),
+                "lost {} committed ids, first: {:?}",
+                missing.len(),
+                &missing[..missing.len().min(20)]
+            );
             assert!(stored.len() >= ids.len());
             eprintln!("printed {} ids, stored {}", ids.len(), stored.len());
 
