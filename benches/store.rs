@@ -456,6 +456,53 @@ fn query_latency(rt: &tokio::runtime::Runtime, runs: usize) {
             lat.push(t.elapsed());
         }
         report("measurements name+dut", lat);
+
+        let mut rng = Lcg(15);
+        let cases: [(&str, Box<dyn Fn(&mut Lcg) -> MeasurementFilter>); 4] = [
+            (
+                "measurements name",
+                Box::new(|rng: &mut Lcg| MeasurementFilter {
+                    name: Some(format!("q{}", rng.below(MEASUREMENTS_PER_STEP))),
+                    ..Default::default()
+                }),
+            ),
+            (
+                "measurements name+recipe",
+                Box::new(|rng: &mut Lcg| MeasurementFilter {
+                    name: Some("q3".into()),
+                    recipe: Some(format!("recipe-{}", rng.below(RECIPES))),
+                    ..Default::default()
+                }),
+            ),
+            (
+                "measurements recipe",
+                Box::new(|rng: &mut Lcg| MeasurementFilter {
+                    recipe: Some(format!("recipe-{}", rng.below(RECIPES))),
+                    ..Default::default()
+                }),
+            ),
+            (
+                "measurements time range (1 day)",
+                Box::new(|rng: &mut Lcg| {
+                    let from = base + (rng.next() as i64 % span.max(1));
+                    MeasurementFilter {
+                        from: Some(at(from)),
+                        to: Some(at(from + 86_400_000_000)),
+                        ..Default::default()
+                    }
+                }),
+            ),
+        ];
+        for (label, make) in cases {
+            let mut lat = Vec::with_capacity(iters);
+            for _ in 0..iters / 4 {
+                let f = make(&mut rng);
+                let t = Instant::now();
+                std::hint::black_box(store.measurements(&f).await.unwrap());
+                lat.push(t.elapsed());
+            }
+            report(label, lat);
+        }
     });
 }
 

@@ -479,6 +479,10 @@ impl Store {
     }
 
     /// Measurements across runs (e.g. a trend of one quantity), newest first.
+    ///
+    /// Fast (about a millisecond at 1,000,000 measurements) when `name` or `dut` is set, or with a
+    /// time range; `recipe` alone sorts every measurement of that recipe (~130 ms for 100,000):
+    /// for per-recipe listings page [`Store::list_runs`] instead.
     pub async fn measurements(
         &self,
         filter: &MeasurementFilter,
