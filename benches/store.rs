@@ -40,6 +40,8 @@ impl Lcg {
     }
 }
 
+type MakeFilter = Box<dyn Fn(&mut Lcg) -> MeasurementFilter>;
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -458,7 +460,7 @@ fn query_latency(rt: &tokio::runtime::Runtime, runs: usize) {
         report("measurements name+dut", lat);
 
         let mut rng = Lcg(15);
-        let cases: [(&str, Box<dyn Fn(&mut Lcg) -> MeasurementFilter>); 4] = [
+        let cases: [(&str, MakeFilter); 4] = [
             (
                 "measurements name",
                 Box::new(|rng: &mut Lcg| MeasurementFilter {
