@@ -40,7 +40,7 @@ impl Lcg {
     }
 }
 
-type MakeFilter = Box<dyn Fn(&mut Lcg) -> MeasurementFilter>;
+type MakeFilter<'a> = Box<dyn Fn(&mut Lcg) -> MeasurementFilter + 'a>;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -460,7 +460,7 @@ fn query_latency(rt: &tokio::runtime::Runtime, runs: usize) {
         report("measurements name+dut", lat);
 
         let mut rng = Lcg(15);
-        let cases: [(&str, MakeFilter); 4] = [
+        let cases: [(&str, MakeFilter<'_>); 4] = [
             (
                 "measurements name",
                 Box::new(|rng: &mut Lcg| MeasurementFilter {
