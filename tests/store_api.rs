@@ -739,3 +739,39 @@ async fn full_sync_level_stores_the_same() {
     })
     .await
 }
+
+#[tokio::test]
+async fn subscribers_hear_of_committed_events() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let mut notices = store.subscribe();
+        let run = store
+            .create_run(new_run("SN1", "lm79", "b1"))
+            .await
+            .unwrap();
+        assert_eq!(notices.recv().await.unwrap(), run);
+        // A follower reads from its last seq on each notice and sees the new event at once.
+        let mut last = store
+            .events_since(run, 0)
+            .await
+            .unwrap()
+            .last()
+            .unwrap()
+            .seq;
+        let seq = store
+            .add_event(run, "reading", serde_json::json!({"P": 10.0}))
+            .await
+            .unwrap();
+        assert_eq!(notices.recv().await.unwrap(), run);
+        let new = store.events_since(run, last).await.unwrap();
+        assert_eq!(new.len(), 1);
+        assert_eq!(new[0].seq, seq);
+        last = seq;
+        store.finish_run(run, RunVerdict::Pass).await.unwrap();
+        assert_eq!(notices.recv().await.unwrap(), run);
+        let new = store.events_since(run, last).await.unwrap();
+        assert_eq!(new[0].kind, event_kind::RUN_FINISHED);
+    })
+    .await
+}

@@ -166,6 +166,8 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
     /// Bounds concurrent reads (so blocking threads and open connections) to the pool size.
     read_permits: tokio::sync::Semaphore,
+    /// Ids of runs that just got new events, sent after the commit.
+    notify: tokio::sync::broadcast::Sender<RunId>,
 }
 
 /// A cloneable handle on the results store; see the module documentation.
@@ -208,6 +210,10 @@ fn open_connection(path: &Path, options: &StoreOptions) -> Result<Connection, St
     .map_err(open_err)?;
     Ok(conn)
 }
+
+/// Notices a slow subscriber may fall behind by before it sees `Lagged` (then it should re-read
+/// every run it follows).
+const NOTIFY_CAPACITY: usize = 1024;
 
 /// The store's file name inside the data directory.
 pub const FILE_NAME: &str = "results.db";
@@ -266,12 +272,26 @@ impl Store {
                 writer: tx,
                 readers: Mutex::new(Vec::new()),
                 read_permits: tokio::sync::Semaphore::new(permits),
+                notify: tokio::sync::broadcast::channel(NOTIFY_CAPACITY).0,
             }),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// Tells which run got new events, after they are committed, so an event stream need not
+    /// poll. Subscribe first, then read the backlog with [`Store::events_since`], then read again
+    /// from the last seq on each notice for your run: a notice may cover several events, and
+    /// duplicates are harmless because reads resume from a seq.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<RunId> {
+        self.inner.notify.subscribe()
+    }
+
+    fn notify(&self, run: RunId) {
+        // No subscribers is the normal case, not an error.
+        let _ = self.inner.notify.send(run);
     }
 
     /// Names the file in errors that mean the file itself is damaged.
@@ -370,10 +390,13 @@ impl Store {
 
     /// Starts a run (state running, start time now) and writes its `run_started` event (seq 1).
     pub async fn create_run(&self, run: NewRun) -> Result<RunId, StoreError> {
-        self.write(WriteKind::Txn, move |c| {
-            db::create_run(c, &run, db::now_us())
-        })
-        .await
+        let id = self
+            .write(WriteKind::Txn, move |c| {
+                db::create_run(c, &run, db::now_us())
+            })
+            .await?;
+        self.notify(id);
+        Ok(id)
     }
 
     /// Starts step number `index` (the recipe's numbering) of a running run.
@@ -434,10 +457,13 @@ impl Store {
         payload: serde_json::Value,
     ) -> Result<i64, StoreError> {
         let kind = kind.to_string();
-        self.write(WriteKind::Txn, move |c| {
-            db::add_event(c, run, &kind, &payload, db::now_us())
-        })
-        .await
+        let seq = self
+            .write(WriteKind::Txn, move |c| {
+                db::add_event(c, run, &kind, &payload, db::now_us())
+            })
+            .await?;
+        self.notify(run);
+        Ok(seq)
     }
 
     /// Ends a running run with its verdict and writes its `run_finished` event.
@@ -445,16 +471,23 @@ impl Store {
         self.write(WriteKind::TxnSynced, move |c| {
             db::finish_run(c, run, verdict, db::now_us())
         })
-        .await
+        .await?;
+        self.notify(run);
+        Ok(())
     }
 
     /// Marks every run still running as interrupted (end time: its last activity), closes its
     /// open steps and writes a `run_interrupted` event. Call once at daemon start-up.
     pub async fn mark_interrupted(&self) -> Result<Vec<RunId>, StoreError> {
-        self.write(WriteKind::TxnSynced, move |c| {
-            db::mark_interrupted(c, db::now_us())
-        })
-        .await
+        let runs = self
+            .write(WriteKind::TxnSynced, move |c| {
+                db::mark_interrupted(c, db::now_us())
+            })
+            .await?;
+        for &run in &runs {
+            self.notify(run);
+        }
+        Ok(runs)
     }
 
     // -- reads ----------------------------------------------------------------------------------
