@@ -21,3 +21,4 @@ pub mod poll;
 pub mod reading;
 pub mod scpi;
 pub mod sim;
+pub mod store;

@@ -7,6 +7,7 @@
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -16,6 +17,7 @@ use tokio_serial::SerialStream;
 use super::ac_source::AcSource;
 use super::fault::Faults;
 use super::logger::{Logger, LoggerConfig};
+use super::modbus::{ModbusBench, RtuPty, serve_rtu_pty};
 use super::plant::{Plant, PlantConfig};
 use super::power_analyzer::{PowerAnalyzer, PowerAnalyzerConfig};
 use super::pty::open_pty;
@@ -29,6 +31,7 @@ pub struct BenchFaults {
     pub ac_source: Faults,
     pub sphere: Faults,
     pub logger: Faults,
+    pub modbus: Faults,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +43,10 @@ pub struct SimBenchConfig {
     pub ac_source_port: u16,
     pub sphere_port: u16,
     pub logger_port: u16,
+    /// Modbus TCP server carrying unit 1 (chamber), 2 (Eurotherm) and 3 (relay rack).
+    pub modbus_port: u16,
+    /// Pace the Modbus RTU pseudo-terminal to this baud rate's wire time.
+    pub rtu_pace_baud: Option<u32>,
     pub plant: PlantConfig,
     pub faults: BenchFaults,
     /// Also serve each instrument on its own pseudo-terminal.
@@ -57,6 +64,8 @@ impl Default for SimBenchConfig {
             ac_source_port: 15026,
             sphere_port: 15027,
             logger_port: 15028,
+            modbus_port: 15502,
+            rtu_pace_baud: None,
             plant: PlantConfig::default(),
             faults: BenchFaults::default(),
             pty: false,
@@ -75,6 +84,7 @@ impl SimBenchConfig {
             ac_source_port: 0,
             sphere_port: 0,
             logger_port: 0,
+            modbus_port: 0,
             ..SimBenchConfig::default()
         }
     }
@@ -87,6 +97,8 @@ pub struct BenchPtys {
     pub ac_source: PathBuf,
     pub sphere: PathBuf,
     pub logger: PathBuf,
+    /// The Modbus devices as one RTU bus (same unit ids as on TCP).
+    pub modbus_rtu: PathBuf,
 }
 
 /// A running bench. Dropping it (or [`SimBench::shutdown`]) stops every server and closes every
@@ -97,7 +109,11 @@ pub struct SimBench {
     pub ac_source: SocketAddr,
     pub sphere: SocketAddr,
     pub logger: SocketAddr,
+    pub modbus: SocketAddr,
     pub ptys: Option<BenchPtys>,
+    /// The simulated Modbus devices; tests inspect their state.
+    pub modbus_devices: Arc<ModbusBench>,
+    rtu_pty: Option<RtuPty>,
     /// The shared physics; tests inspect it (`plant.output_on()`).
     pub plant: Plant,
     tasks: Vec<JoinHandle<()>>,
@@ -125,6 +141,8 @@ pub async fn start(cfg: SimBenchConfig) -> io::Result<SimBench> {
     let ac_l = bind(cfg.host, cfg.ac_source_port, "ac source").await?;
     let sp_l = bind(cfg.host, cfg.sphere_port, "sphere").await?;
     let lg_l = bind(cfg.host, cfg.logger_port, "logger").await?;
+    let mb_l = bind(cfg.host, cfg.modbus_port, "modbus").await?;
+    let modbus_devices = Arc::new(ModbusBench::default());
 
     let plant = Plant::new(cfg.plant.clone());
     let analyzer = PowerAnalyzer::new(plant.clone(), cfg.power_analyzer.clone());
@@ -144,7 +162,10 @@ pub async fn start(cfg: SimBenchConfig) -> io::Result<SimBench> {
         ac_source: ac_l.local_addr()?,
         sphere: sp_l.local_addr()?,
         logger: lg_l.local_addr()?,
+        modbus: mb_l.local_addr()?,
         ptys: None,
+        modbus_devices: modbus_devices.clone(),
+        rtu_pty: None,
         plant,
         tasks: Vec::new(),
     };
@@ -153,6 +174,13 @@ pub async fn start(cfg: SimBenchConfig) -> io::Result<SimBench> {
     bench.spawn_tcp(ac_l, source.clone(), f.ac_source.clone());
     bench.spawn_tcp(sp_l, sphere.clone(), f.sphere.clone());
     bench.spawn_tcp(lg_l, logger.clone(), f.logger.clone());
+    let mb_faults = f.modbus.clone();
+    let mb_devices = modbus_devices.clone();
+    bench.tasks.push(tokio::spawn(async move {
+        if let Err(e) = super::modbus::serve_tcp(mb_l, mb_devices, mb_faults).await {
+            tracing::warn!(message = "sim modbus server stopped", error = %e);
+        }
+    }));
 
     if let Some([(pa_m, pa_p), (ac_m, ac_p), (sp_m, sp_p), (lg_m, lg_p)]) = ptys {
         bench.tasks.push(tokio::spawn(serve_pty(
@@ -169,17 +197,49 @@ pub async fn start(cfg: SimBenchConfig) -> io::Result<SimBench> {
         bench
             .tasks
             .push(tokio::spawn(serve_pty(lg_m, logger, f.logger.clone())));
+        let rtu = serve_rtu_pty(modbus_devices, f.modbus.clone(), cfg.rtu_pace_baud)?;
         bench.ptys = Some(BenchPtys {
             power_analyzer: pa_p,
             ac_source: ac_p,
             sphere: sp_p,
             logger: lg_p,
+            modbus_rtu: PathBuf::from(rtu.path()),
         });
+        bench.rtu_pty = Some(rtu);
     }
     Ok(bench)
 }
 
 impl SimBench {
+    /// Start the bench (same as [`start`]).
+    pub async fn start(cfg: SimBenchConfig) -> io::Result<SimBench> {
+        start(cfg).await
+    }
+
+    /// What is served where, one line per endpoint, for a person.
+    pub fn describe(&self) -> String {
+        let mut s = format!(
+            "power analyzer (yokogawa-wt310e)   scpi  {}\n\
+             ac source (chroma-61500)           scpi  {}\n\
+             sphere (labgate-sim-sphere)        scpi  {}\n\
+             logger (keysight-34970a)           scpi  {}\n\
+             modbus units 1 chamber (watlow-f4t), 2 controller (eurotherm-3200), 3 rack (relay-rack)\n\
+             \x20                                  tcp   {}\n",
+            self.power_analyzer, self.ac_source, self.sphere, self.logger, self.modbus
+        );
+        if let Some(p) = &self.ptys {
+            s.push_str(&format!(
+                "pseudo-terminals: analyzer {}, source {}, sphere {}, logger {}, modbus rtu {}\n",
+                p.power_analyzer.display(),
+                p.ac_source.display(),
+                p.sphere.display(),
+                p.logger.display(),
+                p.modbus_rtu.display()
+            ));
+        }
+        s
+    }
+
     fn spawn_tcp<D>(&mut self, listener: TcpListener, device: D, faults: Faults)
     where
         D: ScpiDevice + Clone + Sync + 'static,
@@ -195,6 +255,7 @@ impl SimBench {
     /// Stop every server and wait until they are gone.
     pub async fn shutdown(mut self) {
         let tasks = std::mem::take(&mut self.tasks);
+        self.rtu_pty = None;
         for t in &tasks {
             t.abort();
         }

@@ -894,6 +894,12 @@ pub struct RtuPty {
     _slave: tokio_serial::SerialStream,
 }
 
+impl std::fmt::Debug for RtuPty {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RtuPty").field("path", &self.path).finish()
+    }
+}
+
 impl RtuPty {
     /// The device path of the slave side, e.g. `/dev/pts/7`.
     pub fn path(&self) -> &str {
