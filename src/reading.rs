@@ -41,7 +41,10 @@ impl std::fmt::Display for InvalidKind {
 pub enum Value {
     Number(f64),
     /// The instrument's own marker for "no valid reading"; `raw` is what it sent.
-    Invalid { kind: InvalidKind, raw: String },
+    Invalid {
+        kind: InvalidKind,
+        raw: String,
+    },
     Bool(bool),
     Text(String),
     /// A numeric list such as a spectrum; elements may be NaN where the instrument marked them invalid.

@@ -81,10 +81,17 @@ async fn fake(behaviour: &'static str) -> (u16, Arc<AtomicUsize>) {
 async fn query_returns_replies_in_order() {
     let (port, _) = fake("normal").await;
     let h = link::spawn(spec(port), None);
-    let r = tokio::time::timeout(BOUND, h.scpi(vec![q("ECHO? a"), ScpiStep::Write("NOP".into()), q("ECHO? b")]))
-        .await
-        .unwrap()
-        .unwrap();
+    let r = tokio::time::timeout(
+        BOUND,
+        h.scpi(vec![
+            q("ECHO? a"),
+            ScpiStep::Write("NOP".into()),
+            q("ECHO? b"),
+        ]),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     assert_eq!(r, vec![Some("a".into()), None, Some("b".into())]);
     assert_eq!(h.status().state, LinkState::Connected);
     assert_eq!(h.status().requests_ok, 1);
@@ -118,13 +125,19 @@ async fn dropped_connection_reconnects() {
     let mut ok = 0;
     let mut failed = 0;
     for i in 0..8 {
-        match tokio::time::timeout(BOUND, h.scpi(vec![q(&format!("ECHO? {i}"))])).await.unwrap() {
+        match tokio::time::timeout(BOUND, h.scpi(vec![q(&format!("ECHO? {i}"))]))
+            .await
+            .unwrap()
+        {
             Ok(r) => {
                 assert_eq!(r, vec![Some(i.to_string())]);
                 ok += 1;
             }
             Err(e) => {
-                assert!(matches!(e, LinkError::Io { .. } | LinkError::Down { .. }), "{e}");
+                assert!(
+                    matches!(e, LinkError::Io { .. } | LinkError::Down { .. }),
+                    "{e}"
+                );
                 failed += 1;
                 // Let the backoff pass.
                 tokio::time::sleep(Duration::from_millis(60)).await;
@@ -173,7 +186,10 @@ async fn nobody_listening_gives_down_error_with_cause() {
         .unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, LinkError::Down { .. }), "{msg}");
-    assert!(msg.contains("refused") || msg.contains("cannot open"), "{msg}");
+    assert!(
+        msg.contains("refused") || msg.contains("cannot open"),
+        "{msg}"
+    );
     assert_ne!(h.status().state, LinkState::Connected);
     assert!(h.status().last_error.is_some());
 }

@@ -1,7 +1,10 @@
 //! Against a Modbus implementation we did not write: a pymodbus server read and written by
 //! our `ops::execute` and value codecs, and a pymodbus client reading and writing our
-//! simulated bench. Needs `pip install -r tests/peers/requirements.txt`; without pymodbus the
-//! tests fail with that instruction rather than skip, so CI cannot pass them by accident.
+//! simulated bench. pymodbus lives in a virtualenv under target/ that
+//! tests/peers/ensure_venv.py creates on first use (from tests/peers/requirements.txt); if it
+//! cannot be made the tests fail rather than skip, so CI cannot pass them by accident.
+
+mod common;
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -20,6 +23,12 @@ use tokio_modbus::client::Context;
 const PYTHON_WAIT: Duration = Duration::from_secs(20);
 const WAIT: Duration = Duration::from_secs(5);
 
+/// The peers' virtualenv python, made once per test process.
+fn python() -> std::path::PathBuf {
+    static PY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    PY.get_or_init(common::peers_python).clone()
+}
+
 fn peer(script: &str) -> String {
     format!("{}/tests/peers/{script}", env!("CARGO_MANIFEST_DIR"))
 }
@@ -27,7 +36,7 @@ fn peer(script: &str) -> String {
 async fn require_pymodbus() {
     let status = timeout(
         PYTHON_WAIT,
-        Command::new("python3")
+        Command::new(python())
             .args(["-c", "import pymodbus"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -38,14 +47,14 @@ async fn require_pymodbus() {
     .expect("python3 -c 'import pymodbus' timed out");
     assert!(
         matches!(status, Ok(s) if s.success()),
-        "pymodbus is not installed for python3: run `pip install -r tests/peers/requirements.txt`"
+        "pymodbus cannot be imported in the peers virtualenv (tests/peers/ensure_venv.py)"
     );
 }
 
 /// Starts the pymodbus server and returns it with the port it printed.
 async fn start_pymodbus_server() -> (Child, u16) {
     require_pymodbus().await;
-    let mut child = Command::new("python3")
+    let mut child = Command::new(python())
         .arg(peer("pymodbus_server.py"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -292,7 +301,7 @@ async fn a_pymodbus_client_reads_and_writes_our_bench() {
 
     let output = timeout(
         PYTHON_WAIT,
-        Command::new("python3")
+        Command::new(python())
             .arg(peer("pymodbus_client.py"))
             .arg(port.to_string())
             .kill_on_drop(true)

@@ -142,7 +142,10 @@ fn parse_order(s: &str) -> Result<WordOrder, String> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -164,9 +167,16 @@ fn init_logging(filter: &str) {
 /// Print an error and its causes, one per line.
 fn report(e: &(dyn std::error::Error + 'static)) {
     eprintln!("error: {e}");
+    // Our error messages already embed their cause's text; print a cause only when it adds
+    // something (errors from other crates do not always embed theirs).
+    let mut shown = e.to_string();
     let mut src = e.source();
     while let Some(s) = src {
-        eprintln!("  caused by: {s}");
+        let text = s.to_string();
+        if !shown.contains(&text) {
+            eprintln!("  caused by: {text}");
+            shown.push_str(&text);
+        }
         src = s.source();
     }
 }
@@ -178,10 +188,7 @@ fn load_bench(path: &Option<PathBuf>) -> Result<Bench, ExitCode> {
     };
     loaded.map_err(|d| {
         eprintln!("{d}");
-        eprintln!(
-            "error: {} problem(s) in the configuration",
-            d.0.len()
-        );
+        eprintln!("error: {} problem(s) in the configuration", d.0.len());
         ExitCode::from(1)
     })
 }
@@ -373,7 +380,11 @@ async fn modbus_cmd(inst: &Instrument, op: ModbusCmd) -> Result<(), BoxError> {
             let words = fmt.value_type.registers(None);
             let start = to_protocol(address, fmt.base);
             let bits = matches!(table, Table::Coil | Table::DiscreteInput);
-            let total = if bits { count } else { count.saturating_mul(words) };
+            let total = if bits {
+                count
+            } else {
+                count.saturating_mul(words)
+            };
             let reply = inst
                 .modbus_raw(ModbusOp::Read {
                     table,
@@ -395,7 +406,10 @@ async fn modbus_cmd(inst: &Instrument, op: ModbusCmd) -> Result<(), BoxError> {
                             Decoded::Bool(b) => b.to_string(),
                             Decoded::Text(t) => format!("{t:?}"),
                         };
-                        println!("{} = {shown}  (raw {chunk:04X?})", address as usize + i * words as usize);
+                        println!(
+                            "{} = {shown}  (raw {chunk:04X?})",
+                            address as usize + i * words as usize
+                        );
                     }
                 }
                 ModbusReply::Written => {}
@@ -418,9 +432,11 @@ async fn modbus_cmd(inst: &Instrument, op: ModbusCmd) -> Result<(), BoxError> {
                     let decoded = match fmt.value_type {
                         ValueType::String => Decoded::Text(value.clone()),
                         ValueType::Bool => Decoded::Bool(parse_bool_word(&value)?),
-                        _ => Decoded::Number(value.parse::<f64>().map_err(|_| {
-                            format!("`{value}` is not a number")
-                        })?),
+                        _ => Decoded::Number(
+                            value
+                                .parse::<f64>()
+                                .map_err(|_| format!("`{value}` is not a number"))?,
+                        ),
                     };
                     let words = mv::encode(&decoded, fmt.value_type, fmt.order, None)?;
                     if words.len() == 1 {

@@ -44,7 +44,10 @@ pub struct SimArgs {
 
 pub async fn run(args: SimArgs) -> ExitCode {
     if !args.host.is_loopback() {
-        eprintln!("error: the simulator serves on loopback only; {} is not", args.host);
+        eprintln!(
+            "error: the simulator serves on loopback only; {} is not",
+            args.host
+        );
         return ExitCode::from(2);
     }
     let faults = Faults {
@@ -54,15 +57,23 @@ pub async fn run(args: SimArgs) -> ExitCode {
         garbage: args.fault_garbage,
     };
     let applies = |name: &str| args.fault_on.is_empty() || args.fault_on.iter().any(|f| f == name);
-    let pick = |name: &str| if applies(name) { faults.clone() } else { Faults::default() };
-    let mut cfg = SimBenchConfig::default();
-    cfg.host = args.host;
-    cfg.power_analyzer_port = args.scpi_port;
-    cfg.ac_source_port = args.scpi_port.saturating_add(1);
-    cfg.sphere_port = args.scpi_port.saturating_add(2);
-    cfg.logger_port = args.scpi_port.saturating_add(3);
-    cfg.modbus_port = args.modbus_port;
-    cfg.pty = args.pty;
+    let pick = |name: &str| {
+        if applies(name) {
+            faults.clone()
+        } else {
+            Faults::default()
+        }
+    };
+    let mut cfg = SimBenchConfig {
+        host: args.host,
+        power_analyzer_port: args.scpi_port,
+        ac_source_port: args.scpi_port.saturating_add(1),
+        sphere_port: args.scpi_port.saturating_add(2),
+        logger_port: args.scpi_port.saturating_add(3),
+        modbus_port: args.modbus_port,
+        pty: args.pty,
+        ..SimBenchConfig::default()
+    };
     cfg.plant.tau = args.tau;
     cfg.faults.power_analyzer = pick("analyzer");
     cfg.faults.ac_source = pick("source");

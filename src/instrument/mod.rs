@@ -10,13 +10,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::driver::schema::{
-    Action, DriverFile, Parse, Protocol, Quantity, ScpiSettings, Wait,
-};
 use crate::driver::Driver;
+use crate::driver::schema::{Action, DriverFile, Parse, Protocol, Quantity, ScpiSettings, Wait};
 use crate::link::{LinkError, LinkHandle, ScpiSetup, ScpiStep};
 use crate::modbus::ops::{ModbusOp, ModbusReply};
-use crate::modbus::plan::{plan_reads, ReadItem};
+use crate::modbus::plan::{ReadItem, plan_reads};
 use crate::modbus::value::{self as mv, Decoded, Table, ValueType, WordOrder};
 use crate::reading::{Reading, Value};
 use crate::scpi::parse;
@@ -42,7 +40,7 @@ pub enum InstrumentError {
         instrument: String,
         context: String,
         #[source]
-        source: LinkError,
+        source: Box<LinkError>,
     },
     #[error("instrument {instrument}: {quantity}: cannot use reply {reply:?}: {message}")]
     Parse {
@@ -59,12 +57,12 @@ pub enum InstrumentError {
         code: i32,
         message: String,
     },
-    #[error("instrument {instrument}: action {action}: {source}")]
+    #[error("instrument {instrument}: {source}")]
     Args {
         instrument: String,
         action: String,
         #[source]
-        source: ArgError,
+        source: Box<ArgError>,
     },
     #[error("instrument {instrument}: measurement {measurement} not complete within {timeout:?}")]
     MeasurementTimeout {
@@ -80,7 +78,7 @@ impl InstrumentError {
     /// The link-level error underneath, if any.
     pub fn link_error(&self) -> Option<&LinkError> {
         match self {
-            InstrumentError::Link { source, .. } => Some(source),
+            InstrumentError::Link { source, .. } => Some(source.as_ref()),
             _ => None,
         }
     }
@@ -115,17 +113,14 @@ impl std::fmt::Debug for Instrument {
 /// The SCPI link preparation a driver asks for.
 pub fn scpi_setup(driver: &DriverFile, skip_identity: bool) -> ScpiSetup {
     let s = driver.scpi.clone().unwrap_or_default();
-    let mut framing = Framing::default();
-    framing.write_termination = s.write_termination.into_bytes();
-    framing.read_termination = s.read_termination.into_bytes();
+    let framing = Framing::from(&s);
     let identity = if skip_identity {
         None
     } else {
-        driver.identity.as_ref().and_then(|i| {
-            i.query
-                .as_ref()
-                .map(|q| (q.clone(), i.contains.clone()))
-        })
+        driver
+            .identity
+            .as_ref()
+            .and_then(|i| i.query.as_ref().map(|q| (q.clone(), i.contains.clone())))
     };
     ScpiSetup {
         framing,
@@ -186,7 +181,7 @@ impl Instrument {
         InstrumentError::Link {
             instrument: self.id.to_string(),
             context: context.into(),
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -228,7 +223,9 @@ impl Instrument {
                         .fields
                         .iter()
                         .enumerate()
-                        .filter(|(_, f)| names.contains(&f.as_str()) && !covered.contains(&f.as_str()))
+                        .filter(|(_, f)| {
+                            names.contains(&f.as_str()) && !covered.contains(&f.as_str())
+                        })
                         .map(|(i, f)| (i, f.as_str()))
                         .collect();
                     (bname.as_str(), wanted)
@@ -357,7 +354,14 @@ impl Instrument {
         Ok(scaled(value, q.scale, q.offset))
     }
 
-    fn reading(&self, name: &str, q: &Quantity, value: Value, at: SystemTime, raw: &str) -> Reading {
+    fn reading(
+        &self,
+        name: &str,
+        q: &Quantity,
+        value: Value,
+        at: SystemTime,
+        raw: &str,
+    ) -> Reading {
         Reading {
             quantity: name.to_string(),
             value,
@@ -420,11 +424,19 @@ impl Instrument {
                 address: block.address,
                 count: block.count,
             };
-            let reply = self
-                .link
-                .modbus(self.unit, op, self.modbus_timeout())
-                .await
-                .map_err(|e| self.link_err(format!("read {}", names.join(", ")), e))?;
+            let reply = match self.link.modbus(self.unit, op, self.modbus_timeout()).await {
+                Ok(r) => r,
+                // A merged read that spans registers the device does not map is refused as a
+                // whole by many devices: read each item on its own instead.
+                Err(LinkError::Exception { code: 2, .. }) if block.items.len() > 1 => {
+                    for (key, _) in &block.items {
+                        let mut one = Box::pin(self.read_modbus(&names[*key..=*key])).await?;
+                        out[*key] = one.pop();
+                    }
+                    continue;
+                }
+                Err(e) => return Err(self.link_err(format!("read {}", names.join(", ")), e)),
+            };
             for (key, offset) in &block.items {
                 let name = names[*key];
                 let q = self.quantity(name)?;
@@ -436,8 +448,11 @@ impl Instrument {
                         let slice = w.get(off..off + n).ok_or_else(|| {
                             self.parse_err(name, &format!("{w:?}"), "reply too short".into())
                         })?;
-                        let d = mv::decode(slice, ty, q.order.unwrap_or(self.default_order()), q.bit)
-                            .map_err(|e| self.parse_err(name, &format!("{slice:?}"), e.to_string()))?;
+                        let d =
+                            mv::decode(slice, ty, q.order.unwrap_or(self.default_order()), q.bit)
+                                .map_err(|e| {
+                                self.parse_err(name, &format!("{slice:?}"), e.to_string())
+                            })?;
                         (d, format!("{slice:?}"))
                     }
                     ModbusReply::Bits(b) => {
@@ -475,11 +490,12 @@ impl Instrument {
         given: &BTreeMap<String, String>,
     ) -> Result<(), InstrumentError> {
         let action = self.action(name)?;
-        let args = args::resolve_args(name, action, given).map_err(|source| InstrumentError::Args {
-            instrument: self.id.to_string(),
-            action: name.to_string(),
-            source,
-        })?;
+        let args =
+            args::resolve_args(name, action, given).map_err(|source| InstrumentError::Args {
+                instrument: self.id.to_string(),
+                action: name.to_string(),
+                source: Box::new(source),
+            })?;
         self.run_action(name, action, &args).await
     }
 
@@ -494,7 +510,7 @@ impl Instrument {
             InstrumentError::Args {
                 instrument: self.id.to_string(),
                 action: name.to_string(),
-                source,
+                source: Box::new(source),
             }
         })?;
         self.run_action(name, action, &args).await
@@ -514,7 +530,7 @@ impl Instrument {
                         InstrumentError::Args {
                             instrument: self.id.to_string(),
                             action: name.to_string(),
-                            source,
+                            source: Box::new(source),
                         }
                     })?);
                 }
@@ -523,17 +539,23 @@ impl Instrument {
             Protocol::Modbus => {
                 for w in &action.writes {
                     let value = match (&w.arg, w.value) {
-                        (Some(a), _) => args.get(a).and_then(ArgValue::as_f64).ok_or_else(|| {
-                            InstrumentError::Invalid {
-                                instrument: self.id.to_string(),
-                                message: format!("action {name}: argument {a} has no numeric value"),
-                            }
-                        })?,
+                        (Some(a), _) => {
+                            args.get(a).and_then(ArgValue::as_f64).ok_or_else(|| {
+                                InstrumentError::Invalid {
+                                    instrument: self.id.to_string(),
+                                    message: format!(
+                                        "action {name}: argument {a} has no numeric value"
+                                    ),
+                                }
+                            })?
+                        }
                         (None, Some(v)) => v,
                         (None, None) => {
                             return Err(InstrumentError::Invalid {
                                 instrument: self.id.to_string(),
-                                message: format!("action {name}: a write has neither arg nor value"),
+                                message: format!(
+                                    "action {name}: a write has neither arg nor value"
+                                ),
                             });
                         }
                     };
@@ -607,7 +629,11 @@ impl Instrument {
     /// first entry that is not "no error".
     async fn scpi_commands(&self, commands: &[String]) -> Result<(), InstrumentError> {
         let s = self.scpi_settings();
-        let check = if s.check_errors { s.error_query.clone() } else { None };
+        let check = if s.check_errors {
+            s.error_query.clone()
+        } else {
+            None
+        };
         let timeout = s.timeout.unwrap_or(self.link.timeout());
         let mut steps = Vec::new();
         for c in commands {
@@ -675,9 +701,10 @@ impl Instrument {
     /// Start a triggered measurement, wait for it to complete, then read what it fetches.
     pub async fn measure(&self, name: &str) -> Result<Vec<Reading>, InstrumentError> {
         let file = self.file();
-        let m = file.measurements.get(name).ok_or_else(|| {
-            self.unknown("measurement", name, file.measurements.keys().collect())
-        })?;
+        let m = file
+            .measurements
+            .get(name)
+            .ok_or_else(|| self.unknown("measurement", name, file.measurements.keys().collect()))?;
         let timeout = m.timeout.unwrap_or(DEFAULT_MEASUREMENT_TIMEOUT);
         self.scpi_commands(&m.start).await?;
         let started = tokio::time::Instant::now();
@@ -728,7 +755,12 @@ impl Instrument {
         let mut wanted: Vec<&str> = Vec::new();
         for f in &m.fetch {
             if let Some(b) = file.blocks.get(f) {
-                wanted.extend(b.fields.iter().filter(|s| !s.is_empty()).map(|s| s.as_str()));
+                wanted.extend(
+                    b.fields
+                        .iter()
+                        .filter(|s| !s.is_empty())
+                        .map(|s| s.as_str()),
+                );
             } else {
                 wanted.push(f.as_str());
             }

@@ -215,7 +215,9 @@ pub struct LinkHandle {
 
 impl std::fmt::Debug for LinkHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LinkHandle").field("name", &self.name).finish()
+        f.debug_struct("LinkHandle")
+            .field("name", &self.name)
+            .finish()
     }
 }
 

@@ -8,7 +8,10 @@ use std::process::Command;
 /// independent Modbus implementation (pymodbus) against ours.
 pub fn peers_python() -> PathBuf {
     let out = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/ensure_venv.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/peers/ensure_venv.py"
+        ))
         .output()
         .expect("python3 must be installed to run the peer tests");
     assert!(
