@@ -198,6 +198,9 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Sim(args) => sim::run(args).await,
         Command::Check => match load_bench(&cli.config) {
             Ok(bench) => {
+                if !bench.warnings.is_empty() {
+                    eprintln!("{}", bench.warnings);
+                }
                 println!(
                     "ok: {} links, {} instruments, {} stations, {} polls, {} drivers ({})",
                     bench.links.len(),
