@@ -282,7 +282,7 @@ fn templates_name_declared_args_and_args_are_used() {
             "[actions.a]\ncommands = [\"VOLT {volts}\", \"FREQ {hz\"]\nargs.volt = { type = \"float\" }\n",
         ),
         "d.toml:5:13: actions.a.commands[0]: template names undeclared argument \"volts\" (did you mean `volt`?)\n\
-d.toml:5:29: actions.a.commands[1]: unclosed `{` in template \"FREQ {hz\"\n\
+d.toml:5:29: actions.a.commands[1]: template \"FREQ {hz\": unclosed '{' (write '{{' for a literal brace)\n\
 d.toml:6:13: actions.a.args.volt: argument \"volt\" is not used by any command or write",
     );
 }

@@ -575,7 +575,7 @@ impl Check<'_, '_> {
                     &at("type"),
                     format!(
                         "coil and discrete_input hold single bits; type must be \"bool\", not \"{}\"",
-                        type_name(t)
+                        t
                     ),
                 );
             }
@@ -851,53 +851,17 @@ impl Check<'_, '_> {
     }
 }
 
-/// The names in `{name}` placeholders of a command template.
+/// The names in `{name}` placeholders of a command template: the same parser the renderer uses,
+/// so a template that loads is a template that renders.
 pub fn placeholders(template: &str) -> Result<Vec<String>, String> {
-    let mut out = Vec::new();
-    let mut rest = template;
-    while let Some(open) = rest.find('{') {
-        let after = &rest[open + 1..];
-        let Some(close) = after.find('}') else {
-            return Err(format!("unclosed `{{` in template \"{template}\""));
-        };
-        let name = after[..close].trim();
-        if name.is_empty() {
-            return Err(format!("empty `{{}}` in template \"{template}\""));
-        }
-        out.push(name.to_string());
-        rest = &after[close + 1..];
-    }
-    if rest.contains('}') {
-        return Err(format!("stray `}}` in template \"{template}\""));
-    }
-    Ok(out)
+    crate::instrument::args::placeholders(template).map_err(|e| e.to_string())
 }
 
 fn registers(t: ValueType, length: Option<u16>) -> u32 {
-    match t {
-        ValueType::U16 | ValueType::I16 | ValueType::Bool | ValueType::Bit => 1,
-        ValueType::U32 | ValueType::I32 | ValueType::F32 => 2,
-        ValueType::U64 | ValueType::I64 | ValueType::F64 => 4,
-        ValueType::String => u32::from(length.unwrap_or(1)),
-    }
+    u32::from(t.registers(length))
 }
 
-fn type_name(t: ValueType) -> &'static str {
-    match t {
-        ValueType::U16 => "u16",
-        ValueType::I16 => "i16",
-        ValueType::U32 => "u32",
-        ValueType::I32 => "i32",
-        ValueType::U64 => "u64",
-        ValueType::I64 => "i64",
-        ValueType::F32 => "f32",
-        ValueType::F64 => "f64",
-        ValueType::Bool => "bool",
-        ValueType::Bit => "bit",
-        ValueType::String => "string",
-    }
-}
-
+/// The table as spelled in a driver file (Display says "discrete input" for people).
 fn table_name(t: Table) -> &'static str {
     match t {
         Table::Coil => "coil",
