@@ -292,6 +292,7 @@ where
 pub struct Switch {
     pub addr: SocketAddr,
     selected: Arc<AtomicUsize>,
+    lines: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -304,6 +305,8 @@ impl Switch {
         let addr = listener.local_addr().expect("switch addr");
         let selected = Arc::new(AtomicUsize::new(0));
         let sel = selected.clone();
+        let lines = Arc::new(AtomicUsize::new(0));
+        let counted = lines.clone();
         let task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             loop {
@@ -311,13 +314,37 @@ impl Switch {
                     accepted = listener.accept() => {
                         let Ok((mut client, _)) = accepted else { return };
                         let target = targets[sel.load(Ordering::SeqCst)];
+                        let counted = counted.clone();
                         conns.spawn(async move {
-                            let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                            let Ok(server) = tokio::net::TcpStream::connect(target).await else {
                                 return;
                             };
                             let _ = client.set_nodelay(true);
                             let _ = server.set_nodelay(true);
-                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                            let (mut cr, mut cw) = client.split();
+                            let (mut sr, mut sw) = server.into_split();
+                            let up = async {
+                                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                                let mut buf = [0u8; 4096];
+                                loop {
+                                    let n = match cr.read(&mut buf).await {
+                                        Ok(0) | Err(_) => break,
+                                        Ok(n) => n,
+                                    };
+                                    let nl = buf[..n].iter().filter(|b| **b == b'\n').count();
+                                    counted.fetch_add(nl, Ordering::SeqCst);
+                                    if sw.write_all(&buf[..n]).await.is_err() {
+                                        break;
+                                    }
+                                }
+                                let _ = sw.shutdown().await;
+                            };
+                            let down = tokio::io::copy(&mut sr, &mut cw);
+                            // Either side closing ends the proxied connection.
+                            tokio::select! {
+                                _ = up => {}
+                                _ = down => {}
+                            }
                         });
                     }
                     Some(_) = conns.join_next(), if !conns.is_empty() => {}
@@ -327,12 +354,18 @@ impl Switch {
         Switch {
             addr,
             selected,
+            lines,
             task,
         }
     }
 
     pub fn port(&self) -> u16 {
         self.addr.port()
+    }
+
+    /// Newline bytes sent by clients so far: SCPI request lines, through every connection.
+    pub fn lines_sent(&self) -> usize {
+        self.lines.load(Ordering::SeqCst)
     }
 
     /// New connections go to `targets[i]`.
