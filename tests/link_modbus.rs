@@ -438,3 +438,66 @@ async fn rtu_faults_are_bounded_errors() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtu_late_reply_is_not_taken_for_the_next_answer() {
+    // 700 ms: beyond the Eurotherm driver's 500 ms, within the chamber driver's 1 s. RTU has no
+    // transaction id, so only the link discarding the late reply keeps the next answer right.
+    let pty = serve_rtu_pty(
+        Arc::new(ModbusBench::default()),
+        Faults {
+            delay: Some(Duration::from_millis(700)),
+            ..Faults::default()
+        },
+        None,
+    )
+    .unwrap();
+    let dir = test_dir();
+    let gw = start(dir.path(), &rtu_link(pty.path(), 115_200));
+    let (chamber, ctrl) = (&gw.instruments["chamber1"], &gw.instruments["ctrl1"]);
+    let e = ctrl.read(&["target_setpoint"]).await.unwrap_err();
+    assert!(matches!(link_error(&e), LinkError::Timeout { .. }), "{e:?}");
+    // Only "down while reconnecting" may come before the right answer.
+    let deadline = Instant::now() + BOUND;
+    let r = loop {
+        match chamber.read(&["constant_setpoint", "mode"]).await {
+            Ok(r) => break r,
+            Err(e) => {
+                assert!(
+                    matches!(link_error(&e), LinkError::Down { .. }),
+                    "only a down link may fail here: {e:?}"
+                );
+                assert!(Instant::now() < deadline, "never recovered: {e}");
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+        }
+    };
+    assert_eq!(number("chamber1", &r[0].value), 23.0);
+    assert_eq!(number("chamber1", &r[1].value), 10.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtu_device_that_stops_answering_times_out() {
+    // The RTU simulator's drop_after: the device falls silent after two answers.
+    let pty = serve_rtu_pty(
+        Arc::new(ModbusBench::default()),
+        Faults {
+            drop_after: Some(2),
+            ..Faults::default()
+        },
+        None,
+    )
+    .unwrap();
+    let dir = test_dir();
+    let gw = start(dir.path(), &rtu_link(pty.path(), 115_200));
+    let rack = &gw.instruments["rack1"];
+    for _ in 0..2 {
+        let r = rack.read(&["failed_13"]).await.unwrap();
+        assert_eq!(r[0].value, Value::Bool(true));
+    }
+    let e = tokio::time::timeout(BOUND, rack.read(&["failed_13"]))
+        .await
+        .expect("bounded")
+        .unwrap_err();
+    assert!(matches!(link_error(&e), LinkError::Timeout { .. }), "{e:?}");
+}
