@@ -566,7 +566,15 @@ impl Actor {
 
     fn drop_session(&mut self, error: &LinkError) {
         self.session = None;
-        let delay = self.backoff.next_delay();
+        let mut delay = self.backoff.next_delay();
+        // After a timeout on a serial line the late reply can still be on its way, and reopening
+        // the port does not stop it arriving: give it the link timeout to arrive, so the flush
+        // on reopen discards it rather than the next request reading it as its answer.
+        if matches!(self.spec.transport, Transport::Serial { .. })
+            && matches!(error, LinkError::Timeout { .. })
+        {
+            delay = delay.max(self.spec.timeout);
+        }
         self.next_attempt = Instant::now() + delay;
         tracing::warn!(link = %self.spec.name, endpoint = %self.endpoint, %error, "link dropped; reconnecting");
         let message = error.to_string();

@@ -134,6 +134,10 @@ pub async fn open(t: &Transport) -> io::Result<Stream> {
             // Another process writing to the same port would corrupt frames; pseudo-terminals may
             // refuse TIOCEXCL, which is harmless.
             let _ = port.set_exclusive(true);
+            // A serial line has no connection to drop: bytes a device sent after the previous
+            // session gave up on it (a late reply) are still queued. They are no reply to
+            // anything this session will ask.
+            let _ = tokio_serial::SerialPort::clear(&port, tokio_serial::ClearBuffer::Input);
             Ok(Stream::new(Box::new(port), describe(t)))
         }
     }

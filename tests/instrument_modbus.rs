@@ -1,0 +1,233 @@
+//! The Modbus instruments end to end over Modbus TCP: config file -> gateway -> instrument ->
+//! link actor -> the simulated chamber (unit 1), Eurotherm (unit 2) and relay rack (unit 3)
+//! sharing one server. Word orders, scaling, coils, input registers and exceptions by name.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{sim_gateway, wait_connected};
+use labgate::instrument::InstrumentError;
+use labgate::link::{LinkError, LinkState};
+use labgate::modbus::ops::{ModbusOp, ModbusReply};
+use labgate::modbus::value::Table;
+use labgate::reading::{Reading, Value};
+use labgate::sim::bench::BenchFaults;
+use labgate::sim::modbus::SimDevice;
+
+fn args(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn number(r: &Reading) -> f64 {
+    match r.value {
+        Value::Number(v) => v,
+        ref other => panic!("{} is not a number: {other:?}", r.quantity),
+    }
+}
+
+fn find<'a>(readings: &'a [Reading], name: &str) -> &'a Reading {
+    readings
+        .iter()
+        .find(|r| r.quantity == name)
+        .unwrap_or_else(|| panic!("no reading {name} in {readings:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chamber_f32_cdab_read_write_read_back() {
+    let (bench, gw, _dir) = sim_gateway(BenchFaults::default()).await;
+    let chamber = gw.instrument("chamber1").unwrap();
+    let r = chamber
+        .read(&["temperature", "setpoint", "constant_setpoint", "mode"])
+        .await
+        .unwrap();
+    let t = number(find(&r, "temperature"));
+    assert!((20.0..26.0).contains(&t), "ambient, got {t}");
+    assert_eq!(find(&r, "temperature").unit, "degC");
+    assert_eq!(number(find(&r, "constant_setpoint")), 23.0);
+    assert_eq!(number(find(&r, "mode")), 10.0, "auto");
+
+    chamber
+        .act("set_setpoint", &args(&[("celsius", "42.5")]))
+        .await
+        .unwrap();
+    let r = chamber.read(&["constant_setpoint"]).await.unwrap();
+    assert_eq!(number(&r[0]), 42.5);
+    match bench.modbus_devices.device(1) {
+        Some(SimDevice::Chamber(c)) => assert_eq!(c.setpoint(), 42.5),
+        other => panic!("unit 1 is {other:?}"),
+    }
+    // On the wire the low word comes first: 42.5f32 = 0x422A0000 -> [0x0000, 0x422A].
+    let raw = chamber
+        .modbus_raw(ModbusOp::Read {
+            table: Table::Holding,
+            address: 2782,
+            count: 2,
+        })
+        .await
+        .unwrap();
+    assert_eq!(raw, ModbusReply::Words(vec![0x0000, 0x422A]));
+
+    // Out of the driver's range: refused before anything is sent.
+    let link = &gw.links["plc_link"];
+    let before = link.status();
+    let e = chamber
+        .act("set_setpoint", &args(&[("celsius", "500")]))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, InstrumentError::Args { .. }), "{e:?}");
+    assert_eq!(link.status().requests_ok, before.requests_ok);
+    assert_eq!(link.status().requests_failed, before.requests_failed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eurotherm_i16_tenths_scaling_both_ways() {
+    let (_bench, gw, _dir) = sim_gateway(BenchFaults::default()).await;
+    let ctrl = gw.instrument("ctrl1").unwrap();
+    let r = ctrl
+        .read(&["temperature", "target_setpoint", "working_setpoint"])
+        .await
+        .unwrap();
+    assert!((20.0..26.0).contains(&number(find(&r, "temperature"))));
+    assert!((number(find(&r, "target_setpoint")) - 23.0).abs() < 1e-9);
+
+    ctrl.act("set_setpoint", &args(&[("celsius", "123.4")]))
+        .await
+        .unwrap();
+    let r = ctrl.read(&["working_setpoint"]).await.unwrap();
+    assert!((number(&r[0]) - 123.4).abs() < 1e-9, "{:?}", r[0]);
+    let raw = ctrl
+        .modbus_raw(ModbusOp::Read {
+            table: Table::Holding,
+            address: 5,
+            count: 1,
+        })
+        .await
+        .unwrap();
+    assert_eq!(raw, ModbusReply::Words(vec![1234]));
+
+    // Negative values go out as two's complement and come back signed.
+    ctrl.act("set_setpoint", &args(&[("celsius", "-12.5")]))
+        .await
+        .unwrap();
+    let r = ctrl.read(&["working_setpoint"]).await.unwrap();
+    assert!((number(&r[0]) + 12.5).abs() < 1e-9, "{:?}", r[0]);
+    // The EEPROM target setpoint was not touched.
+    let r = ctrl.read(&["target_setpoint"]).await.unwrap();
+    assert!((number(&r[0]) - 23.0).abs() < 1e-9);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rack_coils_discrete_inputs_and_input_registers() {
+    let (bench, gw, _dir) = sim_gateway(BenchFaults::default()).await;
+    let rack = gw.instrument("rack1").unwrap();
+    let r = rack
+        .read(&["relay_02", "position_02", "failed_13", "failed_02"])
+        .await
+        .unwrap();
+    assert_eq!(find(&r, "relay_02").value, Value::Bool(false));
+    assert_eq!(number(find(&r, "position_02")), 0.0);
+    assert_eq!(find(&r, "failed_13").value, Value::Bool(true));
+    assert_eq!(find(&r, "failed_02").value, Value::Bool(false));
+
+    rack.act("relay_on_02", &args(&[])).await.unwrap();
+    rack.act("relay_on_13", &args(&[])).await.unwrap();
+    match bench.modbus_devices.device(3) {
+        Some(SimDevice::RelayRack(rr)) => {
+            assert_eq!(rr.relay(2), Some(true));
+            assert_eq!(rr.relay(1), Some(false));
+        }
+        other => panic!("unit 3 is {other:?}"),
+    }
+    let link = &gw.links["plc_link"];
+    let before = link.status().requests_ok;
+    let names = [
+        "relay_02",
+        "position_01",
+        "position_02",
+        "position_03",
+        "position_13",
+        "supply_voltage",
+    ];
+    let r = rack.read(&names).await.unwrap();
+    let used = link.status().requests_ok - before;
+    assert!(
+        used < names.len() as u64,
+        "adjacent reads merged: {used} requests"
+    );
+    assert_eq!(find(&r, "relay_02").value, Value::Bool(true));
+    let ma = number(find(&r, "position_02"));
+    assert!(ma > 10.0, "a lit lamp draws current: {ma} mA");
+    assert_eq!(find(&r, "position_02").unit, "mA");
+    assert_eq!(number(find(&r, "position_01")), 0.0);
+    assert_eq!(
+        number(find(&r, "position_13")),
+        0.0,
+        "failed lamp draws nothing"
+    );
+    let v = number(find(&r, "supply_voltage"));
+    assert!(v.is_finite() && v > 1.0, "supply {v}");
+    assert_eq!(find(&r, "supply_voltage").unit, "V");
+
+    rack.act("all_off", &args(&[])).await.unwrap();
+    let r = rack.read(&["relay_02", "relay_13"]).await.unwrap();
+    assert!(r.iter().all(|r| r.value == Value::Bool(false)), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exceptions_are_named_and_keep_the_link_up() {
+    let (_bench, gw, _dir) = sim_gateway(BenchFaults::default()).await;
+    let ctrl = gw.instrument("ctrl1").unwrap();
+    let link = &gw.links["plc_link"];
+    ctrl.read(&["temperature"]).await.unwrap();
+    let connected = wait_connected(link).await;
+
+    // The working setpoint is read-only on a 3200.
+    let e = ctrl
+        .modbus_raw(ModbusOp::WriteRegister {
+            address: 5,
+            value: 100,
+        })
+        .await
+        .unwrap_err();
+    match e.link_error() {
+        Some(LinkError::Exception {
+            unit, code, name, ..
+        }) => {
+            assert_eq!(*unit, 2);
+            assert_eq!(*code, 2);
+            assert_eq!(*name, "illegal data address");
+        }
+        other => panic!("expected an exception, got {other:?}"),
+    }
+    assert!(e.to_string().contains("illegal data address"), "{e}");
+    assert!(e.to_string().contains("ctrl1"), "{e}");
+    assert!(e.link_error().unwrap().is_device_refusal());
+
+    // The chamber refuses an unknown mode code: illegal data value.
+    let chamber = gw.instrument("chamber1").unwrap();
+    let e = chamber
+        .act("set_mode", &args(&[("mode", "11")]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e.link_error(), Some(LinkError::Exception { code: 3, .. })),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("illegal data value"), "{e}");
+
+    let s = link.status();
+    assert_eq!(s.state, LinkState::Connected);
+    assert_eq!(
+        s.reconnects, connected.reconnects,
+        "no reconnect after a refusal"
+    );
+    // And the link still serves.
+    let r = ctrl.read(&["working_setpoint"]).await.unwrap();
+    assert!((number(&r[0]) - 23.0).abs() < 1e-9);
+    let r = chamber.read(&["mode"]).await.unwrap();
+    assert_eq!(number(&r[0]), 10.0);
+}
