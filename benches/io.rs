@@ -17,8 +17,10 @@
 //!
 //! Environment (small defaults: a full run takes about a minute):
 //! - `LABGATE_BENCH_ONLY`   comma list of scenarios (default: all)
-//! - `LABGATE_BENCH_SECS`   seconds per measured loop in `modbus`/`scpi` (default 2)
-//! - `LABGATE_BENCH_ROUNDS` rounds of each comparison, alternating variants (default 3)
+//! - `LABGATE_BENCH_SECS`   seconds per slice in `modbus`/`scpi` (default 0.25)
+//! - `LABGATE_BENCH_ROUNDS` rounds of slices, alternating the variants (default 12)
+//! - `LABGATE_BENCH_CLIENT_THREADS` worker threads of the client runtime; 0 = a
+//!   current-thread runtime (default: tokio's multi-thread default, one per core)
 //! - `LABGATE_BENCH_FLEET_SECS` measured window of `fleet` (default 10), `..._IDLE_SECS` (3)
 //! - `LABGATE_BENCH_FLEET_LINKS` / `..._UNITS` links and unit ids per link (default 50 / 10)
 //! - `LABGATE_BENCH_RTU_SECS` seconds per RTU loop (default 5), `LABGATE_BENCH_RTU_REGS` (10)
@@ -206,7 +208,9 @@ fn machine() {
 /// worse than none. A macro rather than a function taking a closure, so the block may borrow the
 /// bare clients mutably.
 macro_rules! rate {
-    ($label:expr, $window:expr, $op:expr) => {{
+    ($label:expr, $window:expr, $op:expr) => {{ rate!($label, $window, &mut Vec::new(), $op) }};
+    ($label:expr, $window:expr, $latencies:expr, $op:expr) => {{
+        let latencies: &mut Vec<f64> = $latencies;
         let (label, window): (&str, Duration) = ($label, $window);
         // Warm-up: connection setup and first allocations are not timed.
         for _ in 0..20 {
@@ -219,7 +223,9 @@ macro_rules! rate {
         let mut n = 0u64;
         while start.elapsed() < window {
             for _ in 0..16 {
+                let t = Instant::now();
                 let r: Result<(), String> = $op.await;
+                latencies.push(t.elapsed().as_secs_f64() * 1e6);
                 if let Err(e) = r {
                     panic!("{label}: failed after {n} operations: {e}");
                 }
@@ -241,24 +247,67 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-fn report_rates(what: &str, unit: &str, names: &[&str], rounds: &mut [Vec<f64>], target: f64) {
-    let medians: Vec<f64> = rounds.iter_mut().map(|r| median(r)).collect();
-    let base = medians[0];
+/// Prints each variant's median rate and, against the bare baseline, the median of the
+/// per-round ratios: rounds alternate the variants in short slices, so a ratio compares slices
+/// run seconds apart under the same background load, which the shared machine makes necessary.
+fn report_rates(
+    what: &str,
+    unit: &str,
+    names: &[&str],
+    rounds: &[Vec<f64>],
+    latencies: &mut [Vec<f64>],
+    target: f64,
+) {
     for (i, name) in names.iter().enumerate() {
-        let all: Vec<String> = rounds[i].iter().map(|r| format!("{r:.0}")).collect();
+        let mut rates = rounds[i].clone();
+        let spread = format!(
+            "{:.0}..{:.0}",
+            rates.iter().copied().fold(f64::INFINITY, f64::min),
+            rates.iter().copied().fold(0.0, f64::max)
+        );
         let ratio = if i == 0 {
             String::new()
         } else {
-            let r = medians[i] / base;
+            let mut ratios: Vec<f64> = rounds[i]
+                .iter()
+                .zip(&rounds[0])
+                .map(|(v, b)| v / b)
+                .collect();
+            let r = median(&mut ratios);
             format!(
                 "  ratio {r:.3} ({} target >= {target})",
                 if r >= target { "meets" } else { "MISSES" }
             )
         };
         println!(
-            "  {what} {name:<12} median {:>8.0} {unit}/s  [rounds: {}]{ratio}",
-            medians[i],
-            all.join(", ")
+            "  {what} {name:<10} median {:>7.0} {unit}/s  (rounds {spread}){ratio}",
+            median(&mut rates)
+        );
+    }
+    // Latency percentiles over every timed operation: the median is what a caller sees when
+    // the machine is not preempting it, so its ratio is the steadier view of the overhead.
+    let p = |v: &mut Vec<f64>, q: f64| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v.get(((v.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    let base_p50 = p(&mut latencies[0], 0.5);
+    for (i, name) in names.iter().enumerate() {
+        let v = &mut latencies[i];
+        let (p50, p90, p99) = (p(v, 0.5), p(v, 0.9), p(v, 0.99));
+        let ratio = if i == 0 {
+            String::new()
+        } else {
+            let r = base_p50 / p50;
+            format!(
+                "  p50 ratio {r:.3} ({} target >= {target})",
+                if r >= target { "meets" } else { "MISSES" }
+            )
+        };
+        println!(
+            "  {what} {name:<10} latency p50 {p50:6.1} us  p90 {p90:6.1} us  p99 {p99:7.1} us  ({} ops){ratio}",
+            v.len()
         );
     }
 }
@@ -290,8 +339,8 @@ fn bench_modbus(client: &Runtime) {
         tokio::spawn(serve_tcp(listener, bench, Faults::default()));
         addr
     });
-    let window = secs("LABGATE_BENCH_SECS", 2.0);
-    let rounds = env_usize("LABGATE_BENCH_ROUNDS", 3);
+    let window = secs("LABGATE_BENCH_SECS", 0.25);
+    let rounds = env_usize("LABGATE_BENCH_ROUNDS", 12);
     let quantities = ["temperature", "target_setpoint"];
     let op = ModbusOp::Read {
         table: Table::Holding,
@@ -299,6 +348,7 @@ fn bench_modbus(client: &Runtime) {
         count: 2,
     };
     let mut results = vec![Vec::new(), Vec::new(), Vec::new()];
+    let mut latencies = vec![Vec::new(), Vec::new(), Vec::new()];
     client.block_on(async {
         use tokio_modbus::client::Reader;
         let mut bare = tokio_modbus::client::tcp::connect_slave(addr, tokio_modbus::Slave(2))
@@ -318,33 +368,49 @@ fn bench_modbus(client: &Runtime) {
         );
 
         for _ in 0..rounds {
-            results[0].push(rate!("bare tokio-modbus", window, async {
-                match bare.read_holding_registers(1, 2).await {
-                    Ok(Ok(w)) if w.len() == 2 => Ok(()),
-                    other => Err(format!("{other:?}")),
+            results[0].push(rate!(
+                "bare tokio-modbus",
+                window,
+                &mut latencies[0],
+                async {
+                    match bare.read_holding_registers(1, 2).await {
+                        Ok(Ok(w)) if w.len() == 2 => Ok(()),
+                        other => Err(format!("{other:?}")),
+                    }
                 }
-            }));
-            results[1].push(rate!("LinkHandle::modbus", window, async {
-                handle
-                    .modbus(2, op.clone(), None)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }));
-            results[2].push(rate!("Instrument::read", window, async {
-                match ctrl.read(&quantities).await {
-                    Ok(r) if r.len() == 2 => Ok(()),
-                    Ok(r) => Err(format!("{} readings", r.len())),
-                    Err(e) => Err(e.to_string()),
+            ));
+            results[1].push(rate!(
+                "LinkHandle::modbus",
+                window,
+                &mut latencies[1],
+                async {
+                    handle
+                        .modbus(2, op.clone(), None)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
                 }
-            }));
+            ));
+            results[2].push(rate!(
+                "Instrument::read",
+                window,
+                &mut latencies[2],
+                async {
+                    match ctrl.read(&quantities).await {
+                        Ok(r) if r.len() == 2 => Ok(()),
+                        Ok(r) => Err(format!("{} readings", r.len())),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+            ));
         }
     });
     report_rates(
         "modbus",
         "req",
         &["bare", "link", "instrument"],
-        &mut results,
+        &results,
+        &mut latencies,
         0.9,
     );
     sims.shutdown_timeout(Duration::from_secs(1));
@@ -364,14 +430,15 @@ fn bench_scpi(client: &Runtime) {
         ))
         .expect("sim bench");
     let addr = sim.power_analyzer;
-    let window = secs("LABGATE_BENCH_SECS", 2.0);
-    let rounds = env_usize("LABGATE_BENCH_ROUNDS", 3);
+    let window = secs("LABGATE_BENCH_SECS", 0.25);
+    let rounds = env_usize("LABGATE_BENCH_ROUNDS", 12);
     let pa = driver("yokogawa-wt310e");
     let query = pa.file.quantities["voltage"]
         .query
         .clone()
         .expect("voltage query");
     let mut results = vec![Vec::new(), Vec::new(), Vec::new()];
+    let mut latencies = vec![Vec::new(), Vec::new(), Vec::new()];
     client.block_on(async {
         // The bare client prepares the instrument the way the link does (same init lines), so
         // both ask the same question of an instrument in the same state.
@@ -399,7 +466,7 @@ fn bench_scpi(client: &Runtime) {
         };
 
         for _ in 0..rounds {
-            results[0].push(rate!("bare TcpStream", window, async {
+            results[0].push(rate!("bare TcpStream", window, &mut latencies[0], async {
                 wr.write_all(request.as_bytes())
                     .await
                     .map_err(|e| e.to_string())?;
@@ -410,27 +477,38 @@ fn bench_scpi(client: &Runtime) {
                 }
                 Ok(())
             }));
-            results[1].push(rate!("LinkHandle::scpi", window, async {
-                handle
-                    .scpi(vec![step.clone()])
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }));
-            results[2].push(rate!("Instrument::read", window, async {
-                match pa1.read(&["voltage"]).await {
-                    Ok(r) if r.len() == 1 => Ok(()),
-                    Ok(r) => Err(format!("{} readings", r.len())),
-                    Err(e) => Err(e.to_string()),
+            results[1].push(rate!(
+                "LinkHandle::scpi",
+                window,
+                &mut latencies[1],
+                async {
+                    handle
+                        .scpi(vec![step.clone()])
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
                 }
-            }));
+            ));
+            results[2].push(rate!(
+                "Instrument::read",
+                window,
+                &mut latencies[2],
+                async {
+                    match pa1.read(&["voltage"]).await {
+                        Ok(r) if r.len() == 1 => Ok(()),
+                        Ok(r) => Err(format!("{} readings", r.len())),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+            ));
         }
     });
     report_rates(
         "scpi",
         "query",
         &["bare", "link", "instrument"],
-        &mut results,
+        &results,
+        &mut latencies,
         0.9,
     );
     sims.block_on(sim.shutdown());
@@ -724,10 +802,22 @@ fn main() {
     }
     // `cargo bench` passes `--bench`; a filter argument is not supported, use LABGATE_BENCH_ONLY.
     machine();
-    let client = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("client runtime");
+    let client = match std::env::var("LABGATE_BENCH_CLIENT_THREADS")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+    {
+        Some(0) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    }
+    .expect("client runtime");
     // The fleet runs first, so its memory figures are not inflated by the other scenarios.
     if wanted("fleet") {
         bench_fleet(&client);
