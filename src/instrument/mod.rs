@@ -305,7 +305,7 @@ impl Instrument {
                             .map_err(|e| self.parse_err(n, &reply, e.to_string()))?,
                         None => reply.as_str(),
                     };
-                    let value = self.parse_scpi_value(n, q, token, &settings)?;
+                    let value = self.parse_scpi_value(n, q, token, settings)?;
                     by_name.insert(n, self.reading(n, q, value, at, &reply));
                 }
                 ScpiFetch::Block(_, wanted) => {
@@ -313,7 +313,7 @@ impl Instrument {
                         let q = &file.quantities[*n];
                         let token = parse::field(&reply, &settings.separator, *i)
                             .map_err(|e| self.parse_err(n, &reply, e.to_string()))?;
-                        let value = self.parse_scpi_value(n, q, token, &settings)?;
+                        let value = self.parse_scpi_value(n, q, token, settings)?;
                         by_name.insert(n, self.reading(n, q, value, at, token));
                     }
                 }
