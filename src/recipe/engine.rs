@@ -255,12 +255,14 @@ impl Exec {
             value,
             unit: unit.to_string(),
         };
+        // Innermost sweep first: after an inner sweep ends, its per-value names are what the
+        // enclosing steps see, and so on outward (as validation scopes them).
         let mut full = name.to_string();
-        for (v, u) in &self.suffix {
+        self.vars.insert(full.clone(), var.clone());
+        for (v, u) in self.suffix.iter().rev() {
             full = sweep_var(&full, *v, u);
+            self.vars.insert(full.clone(), var.clone());
         }
-        self.vars.insert(full, var.clone());
-        self.vars.insert(name.to_string(), var);
     }
 
     async fn step(&mut self, s: &Step, cleanup: bool) -> bool {
@@ -628,13 +630,14 @@ impl Exec {
         let n = st.readings.max(2);
         loop {
             self.boundary()?;
-            let readings = inst
-                .read(&names)
-                .await
-                .map_err(|e| Outcome::Error(e.to_string()))?;
+            let readings = match &st.measurement {
+                Some(m) => inst.measure(m).await,
+                None => inst.read(&names).await,
+            }
+            .map_err(|e| Outcome::Error(e.to_string()))?;
             let mut all_stable = true;
             let mut trend = Vec::new();
-            for r in &readings {
+            for r in readings.iter().filter(|r| names.contains(&r.quantity.as_str())) {
                 let h = history.entry(r.quantity.clone()).or_default();
                 // An invalid reading is never stable: NaN fails every comparison.
                 h.push(r.value.as_f64().unwrap_or(f64::NAN));
@@ -668,6 +671,13 @@ impl Exec {
             self.event("stabilize", json!({"step": self.label(&s.name), "quantities": trend}))
                 .await;
             if all_stable {
+                for r in &readings {
+                    if let Some(v) = r.value.as_f64()
+                        && names.contains(&r.quantity.as_str())
+                    {
+                        self.define(&r.quantity, v, &r.unit);
+                    }
+                }
                 return Ok(Outcome::Pass);
             }
             if started.elapsed() + interval > max {

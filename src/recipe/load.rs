@@ -491,6 +491,8 @@ struct Validator<'a> {
     station: &'a StationView,
     params: &'a Vars,
     diags: Diagnostics,
+    /// Every value defined so far, in order (a sweep names what its steps defined).
+    defined: Vec<(String, String)>,
 }
 
 /// Everything a run needs checked: returns the parameter values to run with.
@@ -522,6 +524,7 @@ pub fn validate(
                 station,
                 params: &p,
                 diags: Diagnostics::new(),
+                defined: Vec::new(),
             };
             v.all(recipe);
             d.extend(v.diags);
@@ -532,6 +535,7 @@ pub fn validate(
         station,
         params: &params,
         diags: Diagnostics::new(),
+        defined: Vec::new(),
     };
     v.all(recipe);
     if v.diags.has_errors() {
@@ -616,86 +620,14 @@ impl Validator<'_> {
                 let Some(driver) = self.role(l, &m.role) else {
                     return;
                 };
-                let f = &driver.file;
-                let mut fetched: Option<Vec<String>> = None;
-                if let Some(name) = &m.measurement {
-                    match f.measurements.get(name) {
-                        Some(meas) => {
-                            let mut q = Vec::new();
-                            for item in &meas.fetch {
-                                match f.blocks.get(item) {
-                                    Some(b) => q.extend(b.fields.iter().cloned()),
-                                    None => q.push(item.clone()),
-                                }
-                            }
-                            fetched = Some(q);
-                        }
-                        None => {
-                            let known: Vec<&str> =
-                                f.measurements.keys().map(String::as_str).collect();
-                            self.diags.push(l.diag(
-                                "measurement",
-                                format!(
-                                    "driver `{}` has no measurement `{name}`{}",
-                                    driver.name(),
-                                    suggest_or_list(name, &known)
-                                ),
-                            ));
-                            return;
-                        }
-                    }
-                }
                 if m.samples == 0 {
                     self.diags.push(l.diag("samples", "samples must be at least 1"));
                 }
                 if let Some(iv) = &m.interval {
                     self.dur(l, "interval", iv);
                 }
-                if m.quantities.is_empty() {
-                    self.diags
-                        .push(l.diag("quantities", "name at least one quantity"));
-                }
-                let mut units_of = BTreeMap::new();
-                for (i, q) in m.quantities.iter().enumerate() {
-                    let at = format!("quantities[{i}]");
-                    let Some(def) = f.quantities.get(q) else {
-                        let known: Vec<&str> = f.quantities.keys().map(String::as_str).collect();
-                        self.diags.push(l.diag(
-                            &at,
-                            format!(
-                                "driver `{}` has no quantity `{q}`{}",
-                                driver.name(),
-                                suggest_or_list(q, &known)
-                            ),
-                        ));
-                        continue;
-                    };
-                    match &fetched {
-                        Some(list) if !list.contains(q) => self.diags.push(l.diag(
-                            &at,
-                            format!(
-                                "measurement `{}` does not fetch `{q}` (it fetches: {})",
-                                m.measurement.as_deref().unwrap_or(""),
-                                list.join(", ")
-                            ),
-                        )),
-                        None if def.measurement_only => self.diags.push(l.diag(
-                            &at,
-                            format!(
-                                "`{q}` only exists after a triggered measurement: add \
-                                 `measurement = \"...\"` (driver `{}` has: {})",
-                                driver.name(),
-                                f.measurements
-                                    .keys()
-                                    .map(String::as_str)
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            ),
-                        )),
-                        _ => {}
-                    }
-                    units_of.insert(q.clone(), def.unit.clone());
-                }
+                let units_of =
+                    self.quantities(l, &driver, &m.quantities, m.measurement.as_deref());
                 for (q, spec) in &m.limits {
                     let at = format!("limits.{q}");
                     match units_of.get(q) {
@@ -735,29 +667,12 @@ impl Validator<'_> {
                         .push(l.diag("within", "the band must be zero or positive")),
                     _ => {}
                 }
-                let Some(driver) = self.role(l, &st.role) else {
-                    return;
-                };
-                for (i, q) in st.quantities.iter().enumerate() {
-                    let at = format!("quantities[{i}]");
-                    match driver.file.quantities.get(q) {
-                        None => {
-                            let known: Vec<&str> =
-                                driver.file.quantities.keys().map(String::as_str).collect();
-                            self.diags.push(l.diag(
-                                &at,
-                                format!(
-                                    "driver `{}` has no quantity `{q}`{}",
-                                    driver.name(),
-                                    suggest_or_list(q, &known)
-                                ),
-                            ));
-                        }
-                        Some(d) if d.measurement_only => self.diags.push(l.diag(
-                            &at,
-                            format!("`{q}` only exists after a triggered measurement and cannot be sampled"),
-                        )),
-                        _ => {}
+                if let Some(driver) = self.role(l, &st.role) {
+                    // The last readings stay in scope, e.g. to check a chamber reached its setpoint.
+                    let units_of =
+                        self.quantities(l, &driver, &st.quantities, st.measurement.as_deref());
+                    for (q, unit) in units_of {
+                        self.define(scope, &q, &unit);
                     }
                 }
             }
@@ -787,7 +702,6 @@ impl Validator<'_> {
                 }
                 let mut inner_scope = scope.clone();
                 inner_scope.insert(head.var.clone(), head.unit.clone());
-                let before: Vec<String> = inner_scope.keys().cloned().collect();
                 // Args are checked for every value, so 400 V in a sweep is caught too.
                 let values: &[f64] = if head.values.is_empty() { &[0.0] } else { &head.values };
                 let mut first = true;
@@ -796,6 +710,7 @@ impl Validator<'_> {
                     sw.push((head.var.clone(), *v, head.unit.clone()));
                     let mut sc = inner_scope.clone();
                     let mark = self.diags.len();
+                    let log_mark = self.defined.len();
                     self.steps(inner, &mut sc, &sw);
                     if !first {
                         // Shape problems repeat per value; keep only those new to this value.
@@ -809,19 +724,103 @@ impl Validator<'_> {
                         self.diags.0.extend(fresh);
                     }
                     first = false;
-                    for (name, unit) in sc {
-                        if !before.contains(&name) {
-                            scope.insert(sweep_var(&name, *v, &head.unit), unit);
-                        }
+                    let new: Vec<(String, String)> = self.defined[log_mark..].to_vec();
+                    for (name, unit) in new {
+                        self.define(scope, &sweep_var(&name, *v, &head.unit), &unit);
                     }
                 }
             }
         }
     }
 
+    /// Check quantities (read directly, or fetched by `measurement`); returns their units.
+    fn quantities(
+        &mut self,
+        l: &Locs,
+        driver: &Driver,
+        quantities: &[String],
+        measurement: Option<&str>,
+    ) -> BTreeMap<String, String> {
+        let f = &driver.file;
+        let mut units_of = BTreeMap::new();
+        let mut fetched: Option<Vec<String>> = None;
+        if let Some(name) = measurement {
+            match f.measurements.get(name) {
+                Some(meas) => {
+                    let mut q = Vec::new();
+                    for item in &meas.fetch {
+                        match f.blocks.get(item) {
+                            Some(b) => q.extend(b.fields.iter().cloned()),
+                            None => q.push(item.clone()),
+                        }
+                    }
+                    fetched = Some(q);
+                }
+                None => {
+                    let known: Vec<&str> = f.measurements.keys().map(String::as_str).collect();
+                    self.diags.push(l.diag(
+                        "measurement",
+                        format!(
+                            "driver `{}` has no measurement `{name}`{}",
+                            driver.name(),
+                            suggest_or_list(name, &known)
+                        ),
+                    ));
+                    return units_of;
+                }
+            }
+        }
+        if quantities.is_empty() {
+            self.diags
+                .push(l.diag("quantities", "name at least one quantity"));
+        }
+        for (i, q) in quantities.iter().enumerate() {
+            let at = format!("quantities[{i}]");
+            let Some(def) = f.quantities.get(q) else {
+                let known: Vec<&str> = f.quantities.keys().map(String::as_str).collect();
+                self.diags.push(l.diag(
+                    &at,
+                    format!(
+                        "driver `{}` has no quantity `{q}`{}",
+                        driver.name(),
+                        suggest_or_list(q, &known)
+                    ),
+                ));
+                continue;
+            };
+            match &fetched {
+                Some(list) if !list.contains(q) => self.diags.push(l.diag(
+                    &at,
+                    format!(
+                        "measurement `{}` does not fetch `{q}` (it fetches: {})",
+                        measurement.unwrap_or(""),
+                        list.join(", ")
+                    ),
+                )),
+                None if def.measurement_only => self.diags.push(l.diag(
+                    &at,
+                    format!(
+                        "`{q}` only exists after a triggered measurement: add \
+                         `measurement = \"...\"` (driver `{}` has: {})",
+                        driver.name(),
+                        f.measurements
+                            .keys()
+                            .map(String::as_str)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )),
+                _ => {}
+            }
+            units_of.insert(q.clone(), def.unit.clone());
+        }
+        units_of
+    }
+
     /// A new value in scope; inside sweeps it also gets its per-value name afterwards.
     fn define(&mut self, scope: &mut Scope, name: &str, unit: &str) {
         scope.insert(name.to_string(), unit.to_string());
+        self.defined.push((name.to_string(), unit.to_string()));
     }
 
     fn act(&mut self, l: &Locs, a: &Act, scope: &Scope, sweeps: &[(String, f64, String)]) {

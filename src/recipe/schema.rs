@@ -172,6 +172,9 @@ pub struct Wait {
 pub struct Stabilize {
     pub role: String,
     pub quantities: Vec<String>,
+    /// A triggered measurement run for every reading (a sphere's flux exists only after one).
+    #[serde(default)]
+    pub measurement: Option<String>,
     pub interval: DurSpec,
     /// The last this many readings of every quantity must lie within the band.
     #[serde(default = "three")]
