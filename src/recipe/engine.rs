@@ -371,6 +371,7 @@ impl Exec {
                 },
                 StepKind::Measure(m) => self.measure(m, step_id).await,
                 StepKind::Stabilize(st) => self.stabilize(s, st).await,
+                StepKind::WaitUntil(w) => self.wait_until(s, w).await,
                 StepKind::Compute(c) => {
                     self.value(&c.output, &c.expr, &c.unit, c.limit.as_ref(), step_id, true)
                         .await
@@ -614,6 +615,69 @@ impl Exec {
             self.define(name, v, unit);
         }
         Ok(o)
+    }
+
+    async fn wait_until(
+        &mut self,
+        s: &Step,
+        w: &super::schema::WaitUntil,
+    ) -> Result<Outcome, Outcome> {
+        let inst = self.instrument(&w.role)?;
+        let interval = duration(&w.interval, &self.vars).map_err(Outcome::Error)?;
+        let max = duration(&w.max_duration, &self.vars).map_err(Outcome::Error)?;
+        let hold = match &w.hold {
+            Some(h) => duration(h, &self.vars).map_err(Outcome::Error)?,
+            None => Duration::ZERO,
+        };
+        let cond = Expr::parse(&w.condition).map_err(Outcome::Error)?;
+        let names: Vec<&str> = w.quantities.iter().map(String::as_str).collect();
+        let started = tokio::time::Instant::now();
+        let mut since: Option<tokio::time::Instant> = None;
+        loop {
+            self.boundary()?;
+            let readings = inst
+                .read(&names)
+                .await
+                .map_err(|e| Outcome::Error(e.to_string()))?;
+            let mut valid = true;
+            let mut shown = serde_json::Map::new();
+            for r in &readings {
+                match r.value.as_f64() {
+                    Some(v) => {
+                        self.define(&r.quantity, v, &r.unit);
+                        shown.insert(r.quantity.clone(), json!(v));
+                    }
+                    None => valid = false,
+                }
+            }
+            // An invalid reading breaks the hold: the condition cannot be known to hold.
+            let holds = valid
+                && cond
+                    .eval(&self.vars, None)
+                    .map_err(Outcome::Error)?
+                    != 0.0;
+            let now = tokio::time::Instant::now();
+            since = if holds { since.or(Some(now)) } else { None };
+            let held = since.map_or(Duration::ZERO, |t| now - t);
+            self.event(
+                "wait_until",
+                json!({"step": self.label(&s.name), "readings": shown, "holds": holds,
+                       "held_s": held.as_secs_f64()}),
+            )
+            .await;
+            if holds && held >= hold {
+                return Ok(Outcome::Pass);
+            }
+            if started.elapsed() + interval > max {
+                return Ok(Outcome::Fail(format!(
+                    "`{}` did not hold for {} within {}",
+                    w.condition,
+                    humantime::format_duration(hold),
+                    humantime::format_duration(max)
+                )));
+            }
+            self.sleep(interval).await?;
+        }
     }
 
     async fn stabilize(

@@ -67,6 +67,7 @@ pub enum StepKind {
     Measure(Measure),
     Wait(Wait),
     Stabilize(Stabilize),
+    WaitUntil(WaitUntil),
     Compute(Compute),
     Check(Check),
     Sweep(SweepHead, Vec<Step>),
@@ -77,6 +78,7 @@ pub const STEP_KINDS: &[&str] = &[
     "measure",
     "wait",
     "stabilize",
+    "wait_until",
     "compute",
     "check",
     "sweep",
@@ -89,6 +91,7 @@ impl StepKind {
             StepKind::Measure(_) => "measure",
             StepKind::Wait(_) => "wait",
             StepKind::Stabilize(_) => "stabilize",
+            StepKind::WaitUntil(_) => "wait_until",
             StepKind::Compute(_) => "compute",
             StepKind::Check(_) => "check",
             StepKind::Sweep(..) => "sweep",
@@ -339,6 +342,7 @@ fn step(
         "measure" => StepKind::Measure(source.decode(key, &own_v, diags)?),
         "wait" => StepKind::Wait(source.decode(key, &own_v, diags)?),
         "stabilize" => StepKind::Stabilize(source.decode(key, &own_v, diags)?),
+        "wait_until" => StepKind::WaitUntil(source.decode(key, &own_v, diags)?),
         "compute" => StepKind::Compute(source.decode(key, &own_v, diags)?),
         "check" => StepKind::Check(source.decode(key, &own_v, diags)?),
         "sweep" => {
@@ -675,6 +679,20 @@ impl Validator<'_> {
                         self.define(scope, &q, &unit);
                     }
                 }
+            }
+            StepKind::WaitUntil(w) => {
+                self.dur(l, "interval", &w.interval);
+                self.dur(l, "max_duration", &w.max_duration);
+                if let Some(h) = &w.hold {
+                    self.dur(l, "hold", h);
+                }
+                if let Some(driver) = self.role(l, &w.role) {
+                    let units_of = self.quantities(l, &driver, &w.quantities, None);
+                    for (q, unit) in units_of {
+                        self.define(scope, &q, &unit);
+                    }
+                }
+                self.expr(l, "condition", &w.condition, scope, None);
             }
             StepKind::Compute(c) => {
                 self.expr(l, "expr", &c.expr, scope, None);

@@ -219,3 +219,19 @@ pub struct SweepHead {
     pub unit: String,
     pub values: Vec<f64>,
 }
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitUntil {
+    pub role: String,
+    /// Read at every `interval` and in scope of `condition` under their names.
+    pub quantities: Vec<String>,
+    /// True (non-zero) when the wait is over, e.g. `math::abs(temperature - setpoint) <= 0.5`.
+    pub condition: String,
+    pub interval: DurSpec,
+    /// The condition must hold this long without a break.
+    #[serde(default)]
+    pub hold: Option<DurSpec>,
+    /// Give up (the step fails) after this long.
+    pub max_duration: DurSpec,
+}
