@@ -36,10 +36,6 @@ const EXIT_FAIL: u8 = 1;
 const EXIT_ERROR: u8 = 2;
 
 pub async fn run(bench: Bench, args: RunArgs) -> ExitCode {
-    let recipe = match recipe::load_file(&args.recipe) {
-        Ok(r) => r,
-        Err(d) => return invalid(&d),
-    };
     let station = match StationView::of(&bench, &args.station) {
         Ok(s) => s,
         Err(e) => {
@@ -59,8 +55,8 @@ pub async fn run(bench: Bench, args: RunArgs) -> ExitCode {
         };
         overrides.insert(k.trim().to_string(), x);
     }
-    let params = match recipe::validate(&recipe, &station, &overrides) {
-        Ok(p) => p,
+    let (recipe, params) = match recipe::load_and_validate(&args.recipe, &station, &overrides) {
+        Ok(x) => x,
         Err(d) => return invalid(&d),
     };
     let path = store::path_in(&bench.paths.data);

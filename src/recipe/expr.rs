@@ -114,7 +114,9 @@ impl Expr {
     }
 }
 
+/// evalexpr's messages start capitalized and end with a dot; ours do neither.
 fn lower_first(s: &str) -> String {
+    let s = s.trim_end_matches('.');
     let mut c = s.chars();
     match c.next() {
         Some(f) => f.to_lowercase().collect::<String>() + c.as_str(),

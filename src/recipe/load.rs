@@ -133,7 +133,20 @@ pub fn load_file(path: &Path) -> Result<Recipe, Diagnostics> {
 
 /// Parse a recipe's text; every shape problem is reported.
 pub fn parse(source: &Source) -> Result<Recipe, Diagnostics> {
-    let doc = source.parse_toml()?;
+    match parse_partial(source) {
+        (Some(r), d) if !d.has_errors() => Ok(r),
+        (_, d) => Err(d),
+    }
+}
+
+/// Parse what can be parsed: the recipe without the entries that have shape problems (if its
+/// `[recipe]` section is usable), and every problem. Lets [`validate`] report the rest of the
+/// file's problems in the same pass.
+pub fn parse_partial(source: &Source) -> (Option<Recipe>, Diagnostics) {
+    let doc = match source.parse_toml() {
+        Ok(d) => d,
+        Err(d) => return (None, d),
+    };
     let mut diags = Diagnostics::new();
     let root = doc.get_ref();
     for (k, _) in root.iter() {
@@ -181,13 +194,23 @@ pub fn parse(source: &Source) -> Result<Recipe, Diagnostics> {
     }
     let steps = step_list(source, root.get("steps"), "steps", &mut diags);
     let cleanup = step_list(source, root.get("cleanup"), "cleanup", &mut diags);
-    if diags.has_errors() {
-        return Err(diags);
-    }
-    let Some(meta) = meta else {
-        return Err(diags);
-    };
-    Ok(Recipe {
+    // A broken [recipe] section (already reported) must not hide the steps' problems.
+    let meta = meta.unwrap_or_else(|| Meta {
+        name: String::new(),
+        version: String::new(),
+        description: String::new(),
+        roles: root
+            .get("recipe")
+            .and_then(|r| r.get_ref().get("roles"))
+            .and_then(|r| r.get_ref().as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.get_ref().as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    });
+    let recipe = Recipe {
         path: source.path.clone(),
         hash: format!("{:016x}", fnv1a(source.text.as_bytes())),
         meta,
@@ -196,7 +219,29 @@ pub fn parse(source: &Source) -> Result<Recipe, Diagnostics> {
         param_locs,
         steps,
         cleanup,
-    })
+    };
+    (Some(recipe), diags)
+}
+
+/// Read, parse and validate a recipe file against a station: every problem of both passes.
+pub fn load_and_validate(
+    path: &Path,
+    station: &StationView,
+    overrides: &BTreeMap<String, f64>,
+) -> Result<(Recipe, Vars), Diagnostics> {
+    let source = Source::read(path)?;
+    let (recipe, mut diags) = parse_partial(&source);
+    let Some(recipe) = recipe else {
+        return Err(diags);
+    };
+    match validate(&recipe, station, overrides) {
+        Ok(vars) if !diags.has_errors() => Ok((recipe, vars)),
+        Ok(_) => Err(diags),
+        Err(d) => {
+            diags.extend(d);
+            Err(diags)
+        }
+    }
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -911,7 +956,10 @@ impl Validator<'_> {
                 let at = a
                     .args
                     .keys()
-                    .find(|k| e.to_string().contains(&format!("`{k}`")))
+                    .find(|k| {
+                        let m = e.to_string();
+                        m.contains(&format!("`{k}`")) || m.contains(&format!("\"{k}\""))
+                    })
                     .map(|k| format!("args.{k}"))
                     .unwrap_or_else(|| "args".to_string());
                 let ctx = sweeps
@@ -1036,11 +1084,14 @@ pub fn check_dir(dir: &Path, bench: &Bench) -> (usize, Diagnostics) {
 
 /// Validate one recipe file against the stations of `bench` that have its roles.
 pub fn check_file(path: &Path, bench: &Bench) -> Diagnostics {
-    let recipe = match load_file(path) {
-        Ok(r) => r,
-        Err(d) => return d,
+    let source = match Source::read(path) {
+        Ok(s) => s,
+        Err(d) => return d.into(),
     };
-    let mut diags = Diagnostics::new();
+    let (recipe, mut diags) = parse_partial(&source);
+    let Some(recipe) = recipe else {
+        return diags;
+    };
     let mut checked = 0;
     for name in bench.stations.keys() {
         let Ok(view) = StationView::of(bench, name) else {

@@ -14,4 +14,6 @@ pub mod schema;
 pub mod units;
 
 pub use engine::{EngineError, Progress, RunOutcome, RunSpec, run};
-pub use load::{Recipe, StationView, check_dir, check_file, load_file, parse, validate};
+pub use load::{
+    Recipe, StationView, check_dir, check_file, load_and_validate, load_file, parse, validate,
+};
