@@ -135,7 +135,11 @@ async fn exec(store: &Store, cmd: ResultsCmd) -> Result<ExitCode, Box<dyn std::e
                 r.recipe_hash,
                 r.station,
                 r.dut_serial,
-                if r.operator.is_empty() { "-" } else { &r.operator }
+                if r.operator.is_empty() {
+                    "-"
+                } else {
+                    &r.operator
+                }
             );
             println!(
                 "started {}, ended {}, verdict {}",

@@ -103,7 +103,11 @@ pub async fn run(bench: Bench, args: RunArgs) -> ExitCode {
     let _ = printer.await;
     match result {
         Ok(o) => {
-            println!("verdict: {} (run {})", o.verdict.as_str().to_uppercase(), o.run);
+            println!(
+                "verdict: {} (run {})",
+                o.verdict.as_str().to_uppercase(),
+                o.run
+            );
             match o.verdict {
                 RunVerdict::Pass => ExitCode::SUCCESS,
                 RunVerdict::Fail => ExitCode::from(EXIT_FAIL),
@@ -119,7 +123,10 @@ pub async fn run(bench: Bench, args: RunArgs) -> ExitCode {
 
 fn invalid(d: &crate::diag::Diagnostics) -> ExitCode {
     eprintln!("{d}");
-    eprintln!("error: {} problem(s) in the recipe; nothing was run", d.errors().count());
+    eprintln!(
+        "error: {} problem(s) in the recipe; nothing was run",
+        d.errors().count()
+    );
     ExitCode::from(EXIT_ERROR)
 }
 

@@ -651,11 +651,7 @@ impl Exec {
                 }
             }
             // An invalid reading breaks the hold: the condition cannot be known to hold.
-            let holds = valid
-                && cond
-                    .eval(&self.vars, None)
-                    .map_err(Outcome::Error)?
-                    != 0.0;
+            let holds = valid && cond.eval(&self.vars, None).map_err(Outcome::Error)? != 0.0;
             let now = tokio::time::Instant::now();
             since = if holds { since.or(Some(now)) } else { None };
             let held = since.map_or(Duration::ZERO, |t| now - t);
@@ -701,7 +697,10 @@ impl Exec {
             .map_err(|e| Outcome::Error(e.to_string()))?;
             let mut all_stable = true;
             let mut trend = Vec::new();
-            for r in readings.iter().filter(|r| names.contains(&r.quantity.as_str())) {
+            for r in readings
+                .iter()
+                .filter(|r| names.contains(&r.quantity.as_str()))
+            {
                 let h = history.entry(r.quantity.clone()).or_default();
                 // An invalid reading is never stable: NaN fails every comparison.
                 h.push(r.value.as_f64().unwrap_or(f64::NAN));
@@ -718,10 +717,13 @@ impl Exec {
                     (_, Some(p)) => mean.abs() * p / 100.0,
                     _ => 0.0,
                 };
-                let stable = last.len() >= n && last.iter().all(|v| v.is_finite()) && spread <= band;
+                let stable =
+                    last.len() >= n && last.iter().all(|v| v.is_finite()) && spread <= band;
                 all_stable &= stable;
-                trend.push(json!({"quantity": r.quantity, "last": last, "spread": spread,
-                                  "band": band, "stable": stable, "unit": r.unit}));
+                trend.push(
+                    json!({"quantity": r.quantity, "last": last, "spread": spread,
+                                  "band": band, "stable": stable, "unit": r.unit}),
+                );
                 self.emit(Progress::Stabilizing {
                     step: self.label(&s.name),
                     quantity: r.quantity.clone(),
@@ -732,8 +734,11 @@ impl Exec {
                     stable,
                 });
             }
-            self.event("stabilize", json!({"step": self.label(&s.name), "quantities": trend}))
-                .await;
+            self.event(
+                "stabilize",
+                json!({"step": self.label(&s.name), "quantities": trend}),
+            )
+            .await;
             if all_stable {
                 for r in &readings {
                     if let Some(v) = r.value.as_f64()

@@ -33,10 +33,16 @@ pub fn shape_problems(spec: &LimitSpec) -> Vec<(&'static str, String)> {
     } else if tolerances > 0 {
         out.push(("tolerance", "a tolerance needs a nominal value".to_string()));
     } else if spec.min.is_none() && spec.max.is_none() {
-        out.push(("", "a limit needs min, max, or nominal with a tolerance".to_string()));
+        out.push((
+            "",
+            "a limit needs min, max, or nominal with a tolerance".to_string(),
+        ));
     }
     if spec.marginal.is_some() && spec.marginal_pct.is_some() {
-        out.push(("marginal", "give marginal or marginal_pct, not both".to_string()));
+        out.push((
+            "marginal",
+            "give marginal or marginal_pct, not both".to_string(),
+        ));
     }
     for (key, v) in [
         ("tolerance", spec.tolerance),
@@ -55,7 +61,11 @@ pub fn shape_problems(spec: &LimitSpec) -> Vec<(&'static str, String)> {
 /// The expressions of a limit, by key, for validation.
 pub fn expressions(spec: &LimitSpec) -> Vec<(&'static str, &str)> {
     let mut out = Vec::new();
-    for (key, v) in [("min", &spec.min), ("max", &spec.max), ("nominal", &spec.nominal)] {
+    for (key, v) in [
+        ("min", &spec.min),
+        ("max", &spec.max),
+        ("nominal", &spec.nominal),
+    ] {
         if let Some(NumOrExpr::Expr(e)) = v {
             out.push((key, e.as_str()));
         }
@@ -78,9 +88,7 @@ pub fn resolve(spec: &LimitSpec, value_unit: &str, vars: &Vars) -> Result<Limits
         match v {
             None => Ok(None),
             Some(NumOrExpr::Num(n)) => Ok(Some(n * f)),
-            Some(NumOrExpr::Expr(e)) => Ok(Some(
-                Expr::parse(e)?.eval(vars, Some(limit_unit))? * f,
-            )),
+            Some(NumOrExpr::Expr(e)) => Ok(Some(Expr::parse(e)?.eval(vars, Some(limit_unit))? * f)),
         }
     };
     let mut limits = Limits {

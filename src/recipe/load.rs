@@ -505,7 +505,11 @@ pub fn resolve_params(
             },
         );
     }
-    if diags.has_errors() { Err(diags) } else { Ok(vars) }
+    if diags.has_errors() {
+        Err(diags)
+    } else {
+        Ok(vars)
+    }
 }
 
 /// A sweep value as it appears in names: `198V` in `power@198V`, `198v` in `power_198v`.
@@ -670,13 +674,13 @@ impl Validator<'_> {
                     return;
                 };
                 if m.samples == 0 {
-                    self.diags.push(l.diag("samples", "samples must be at least 1"));
+                    self.diags
+                        .push(l.diag("samples", "samples must be at least 1"));
                 }
                 if let Some(iv) = &m.interval {
                     self.dur(l, "interval", iv);
                 }
-                let units_of =
-                    self.quantities(l, &driver, &m.quantities, m.measurement.as_deref());
+                let units_of = self.quantities(l, &driver, &m.quantities, m.measurement.as_deref());
                 for (q, spec) in &m.limits {
                     let at = format!("limits.{q}");
                     match units_of.get(q) {
@@ -747,7 +751,10 @@ impl Validator<'_> {
                 if !is_identifier(&c.output) {
                     self.diags.push(l.diag(
                         "output",
-                        format!("`{}` is not a name expressions can use (letters, digits, _)", c.output),
+                        format!(
+                            "`{}` is not a name expressions can use (letters, digits, _)",
+                            c.output
+                        ),
                     ));
                 }
                 self.define(scope, &c.output, &c.unit);
@@ -758,15 +765,23 @@ impl Validator<'_> {
             }
             StepKind::Sweep(head, inner) => {
                 if head.values.is_empty() {
-                    self.diags.push(l.diag("values", "a sweep needs at least one value"));
+                    self.diags
+                        .push(l.diag("values", "a sweep needs at least one value"));
                 }
                 if !is_identifier(&head.var) {
-                    self.diags.push(l.diag("var", format!("`{}` is not a usable variable name", head.var)));
+                    self.diags.push(l.diag(
+                        "var",
+                        format!("`{}` is not a usable variable name", head.var),
+                    ));
                 }
                 let mut inner_scope = scope.clone();
                 inner_scope.insert(head.var.clone(), head.unit.clone());
                 // Args are checked for every value, so 400 V in a sweep is caught too.
-                let values: &[f64] = if head.values.is_empty() { &[0.0] } else { &head.values };
+                let values: &[f64] = if head.values.is_empty() {
+                    &[0.0]
+                } else {
+                    &head.values
+                };
                 let mut first = true;
                 for v in values {
                     let mut sw = sweeps.to_vec();
@@ -931,7 +946,8 @@ impl Validator<'_> {
                     if e.variables().iter().all(|v| vars.contains_key(v)) {
                         match e.eval(&vars, target) {
                             Ok(x) if def.arg_type == ArgType::Int => {
-                                concrete.insert(name.clone(), toml::Value::Integer(x.round() as i64));
+                                concrete
+                                    .insert(name.clone(), toml::Value::Integer(x.round() as i64));
                             }
                             Ok(x) => {
                                 concrete.insert(name.clone(), toml::Value::Float(x));
@@ -972,7 +988,14 @@ impl Validator<'_> {
     }
 
     /// Check an expression; `target` is the unit it is compared with or passed as. True if fine.
-    fn expr(&mut self, l: &Locs, at: &str, text: &str, scope: &Scope, target: Option<&str>) -> bool {
+    fn expr(
+        &mut self,
+        l: &Locs,
+        at: &str,
+        text: &str,
+        scope: &Scope,
+        target: Option<&str>,
+    ) -> bool {
         match Expr::parse(text) {
             Err(msg) => {
                 self.diags.push(l.diag(at, msg));
@@ -991,7 +1014,11 @@ impl Validator<'_> {
 
     fn limit(&mut self, l: &Locs, at: &str, spec: &LimitSpec, value_unit: &str, scope: &Scope) {
         for (key, msg) in limits::shape_problems(spec) {
-            let sub = if key.is_empty() { at.to_string() } else { format!("{at}.{key}") };
+            let sub = if key.is_empty() {
+                at.to_string()
+            } else {
+                format!("{at}.{key}")
+            };
             self.diags.push(l.diag(&sub, msg));
         }
         let limit_unit = spec.unit.as_deref().unwrap_or(value_unit);
@@ -1060,7 +1087,8 @@ impl Validator<'_> {
 
 fn is_identifier(s: &str) -> bool {
     let mut c = s.chars();
-    c.next().is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
+    c.next()
+        .is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
         && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
 }
 

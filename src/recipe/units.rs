@@ -18,7 +18,13 @@ fn split(unit: &str) -> (f64, &str) {
         "h" => return (3600.0, "s"),
         _ => {}
     }
-    for (prefix, scale) in [("m", 1e-3), ("k", 1e3), ("u", 1e-6), ("µ", 1e-6), ("M", 1e6)] {
+    for (prefix, scale) in [
+        ("m", 1e-3),
+        ("k", 1e3),
+        ("u", 1e-6),
+        ("µ", 1e-6),
+        ("M", 1e6),
+    ] {
         if let Some(base) = unit.strip_prefix(prefix)
             && PREFIXABLE.contains(&base)
         {
