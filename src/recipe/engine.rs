@@ -206,6 +206,10 @@ struct Exec {
     stopped: bool,
 }
 
+/// Per quantity of a measure step: samples (None = invalid), unit, last raw reply, last
+/// invalid marker.
+type Taken = (Vec<Option<f64>>, String, Option<String>, Option<String>);
+
 type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 impl Exec {
@@ -481,8 +485,7 @@ impl Exec {
         };
         let names: Vec<&str> = m.quantities.iter().map(String::as_str).collect();
         // Per quantity: samples (None = invalid marker), unit, last raw reply.
-        let mut taken: BTreeMap<&str, (Vec<Option<f64>>, String, Option<String>, Option<String>)> =
-            BTreeMap::new();
+        let mut taken: BTreeMap<&str, Taken> = BTreeMap::new();
         for i in 0..m.samples.max(1) {
             if i > 0 {
                 self.sleep(interval).await?;

@@ -51,7 +51,7 @@ pub fn shape_problems(spec: &LimitSpec) -> Vec<(&'static str, String)> {
         ("marginal", spec.marginal),
         ("marginal_pct", spec.marginal_pct),
     ] {
-        if v.is_some_and(|v| !(v >= 0.0)) {
+        if v.is_some_and(|v| v.is_nan() || v < 0.0) {
             out.push((key, format!("{key} must be zero or positive")));
         }
     }

@@ -534,7 +534,7 @@ pub fn duration(spec: &DurSpec, vars: &Vars) -> Result<Duration, String> {
             Err(_) => Expr::parse(t)?.eval(vars, Some("s"))?,
         },
     };
-    if !(secs >= 0.0) || !secs.is_finite() || secs > 1e9 {
+    if !(0.0..=1e9).contains(&secs) {
         return Err(format!("{secs} s is not a usable duration"));
     }
     Ok(Duration::from_secs_f64(secs))
@@ -715,7 +715,7 @@ impl Validator<'_> {
                         "",
                         "stabilize needs a band: within (absolute) or within_pct",
                     )),
-                    (Some(b), _) | (_, Some(b)) if !(b >= 0.0) => self
+                    (Some(b), _) | (_, Some(b)) if b.is_nan() || b < 0.0 => self
                         .diags
                         .push(l.diag("within", "the band must be zero or positive")),
                     _ => {}
