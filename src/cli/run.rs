@@ -166,6 +166,23 @@ pub fn progress_line(p: &Progress) -> String {
                 if *stable { "  stable" } else { "  settling" }
             )
         }
+        Progress::Waiting {
+            readings,
+            holds,
+            held,
+            ..
+        } => {
+            let vals: Vec<String> = readings
+                .iter()
+                .map(|(q, v, u)| format!("{q} = {}{}", num(*v), unit(u)))
+                .collect();
+            let state = if *holds {
+                format!("holds for {:.1} s", held.as_secs_f64())
+            } else {
+                "waiting".to_string()
+            };
+            format!("    {}  {state}", vals.join(", "))
+        }
         Progress::Measured {
             name,
             value,

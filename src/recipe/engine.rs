@@ -50,6 +50,14 @@ pub enum Progress {
         band: f64,
         stable: bool,
     },
+    /// One round of a wait_until step.
+    Waiting {
+        step: String,
+        /// (quantity, value, unit) as read this round.
+        readings: Vec<(String, f64, String)>,
+        holds: bool,
+        held: Duration,
+    },
     Measured {
         name: String,
         value: Option<f64>,
@@ -644,11 +652,13 @@ impl Exec {
                 .map_err(|e| Outcome::Error(e.to_string()))?;
             let mut valid = true;
             let mut shown = serde_json::Map::new();
+            let mut listed = Vec::new();
             for r in &readings {
                 match r.value.as_f64() {
                     Some(v) => {
                         self.define(&r.quantity, v, &r.unit);
                         shown.insert(r.quantity.clone(), json!(v));
+                        listed.push((r.quantity.clone(), v, r.unit.clone()));
                     }
                     None => valid = false,
                 }
@@ -658,6 +668,12 @@ impl Exec {
             let now = tokio::time::Instant::now();
             since = if holds { since.or(Some(now)) } else { None };
             let held = since.map_or(Duration::ZERO, |t| now - t);
+            self.emit(Progress::Waiting {
+                step: self.label(&s.name),
+                readings: listed,
+                holds,
+                held,
+            });
             self.event(
                 "wait_until",
                 json!({"step": self.label(&s.name), "readings": shown, "holds": holds,
