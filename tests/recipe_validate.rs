@@ -227,3 +227,18 @@ fn syntax_errors_and_missing_sections() {
     let got = problems("[[steps]]\nkind = \"wait\"\nduration = \"1s\"\n", &[]);
     assert!(got.contains("missing section [recipe]"), "{got}");
 }
+
+/// The reference's complete example is a working recipe, so an engineer can start from it.
+#[test]
+fn the_reference_example_validates() {
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/recipes.md"))
+            .unwrap();
+    let start = doc.find("## A complete example").expect("example section");
+    let rest = &doc[start..];
+    let open = rest.find("```toml\n").unwrap() + "```toml\n".len();
+    let close = rest[open..].find("```").unwrap();
+    let example = &rest[open..open + close];
+    assert!(example.contains("[[cleanup]]"));
+    assert_eq!(problems(example, &[]), "");
+}
