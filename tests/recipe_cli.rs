@@ -161,3 +161,83 @@ async fn run_show_export_and_exit_codes() {
     assert_eq!(v["run"]["dut_serial"], "SN1");
     assert!(!sim.plant.output_on());
 }
+
+/// Ctrl-C during a run: the wait is cut short, cleanup switches the lamp off, the run is filed
+/// as aborted and the exit code is 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupt_aborts_then_cleans_up() {
+    let sim = start(SimBenchConfig::ephemeral()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(&sim, dir.path());
+    let recipe = dir.path().join("long.toml");
+    std::fs::write(
+        &recipe,
+        r#"[recipe]
+name = "long"
+roles = ["source"]
+
+[[steps]]
+kind = "act"
+name = "on"
+role = "source"
+action = "output"
+args = { on = true }
+
+[[steps]]
+kind = "wait"
+name = "long wait"
+duration = "5min"
+
+[[cleanup]]
+kind = "act"
+name = "off"
+role = "source"
+action = "output"
+args = { on = false }
+"#,
+    )
+    .unwrap();
+    let mut child = Command::new(common::labgate_bin())
+        .arg("-c")
+        .arg(&cfg)
+        .args([
+            "run",
+            recipe.to_str().unwrap(),
+            "--station",
+            "demo",
+            "--dut",
+            "X",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupt once the lamp is on (the wait has started by then).
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !sim.plant.output_on() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lamp never came on"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+    }
+    let out = tokio::time::timeout(
+        Duration::from_secs(15),
+        tokio::task::spawn_blocking(move || {
+            let status = child.wait().unwrap();
+            let mut s = String::new();
+            use std::io::Read;
+            child.stdout.take().unwrap().read_to_string(&mut s).unwrap();
+            (status, s)
+        }),
+    )
+    .await
+    .expect("labgate exits soon after the interrupt")
+    .unwrap();
+    assert_eq!(out.0.code(), Some(2), "{}", out.1);
+    assert!(out.1.contains("verdict: ABORTED"), "{}", out.1);
+    assert!(!sim.plant.output_on(), "cleanup switched the lamp off");
+}
