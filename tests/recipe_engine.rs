@@ -550,3 +550,65 @@ timeout = "100ms"
     );
     assert!(!env.sim.plant.output_on());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_retries_until_its_steps_pass() {
+    let env = env().await;
+    // Try 1 reads the 100 V setpoint (fails), then programs 230 V; try 2 passes.
+    let group = |tries: u32, fix: f64| {
+        format!(
+            r#"[recipe]
+name = "g"
+roles = ["source"]
+
+[[steps]]
+kind = "act"
+role = "source"
+action = "set_voltage"
+args = {{ volts = 100 }}
+
+[[steps]]
+kind = "group"
+name = "settle setpoint"
+tries = {tries}
+retry_delay = "10ms"
+
+[[steps.steps]]
+kind = "measure"
+name = "read setpoint"
+role = "source"
+quantities = ["voltage_setpoint"]
+limits.voltage_setpoint = {{ min = 229 }}
+
+[[steps.steps]]
+kind = "act"
+role = "source"
+action = "set_voltage"
+args = {{ volts = {fix} }}
+"#
+        )
+    };
+    let ran = run_text(&env, &group(3, 230.0)).await;
+    assert_eq!(
+        ran.outcome.verdict,
+        RunVerdict::Pass,
+        "{:#?}",
+        ran.detail.steps
+    );
+    let reads: Vec<_> = ran
+        .detail
+        .measurements
+        .iter()
+        .filter(|m| m.name == "voltage_setpoint")
+        .collect();
+    assert_eq!(reads.len(), 2, "both tries are stored: {reads:?}");
+    assert_eq!(reads[0].verdict, Some(Verdict::Fail));
+    assert_eq!(reads[1].verdict, Some(Verdict::Pass));
+    assert_eq!(ran.step("settle setpoint").status, Some(StepStatus::Pass));
+
+    let ran = run_text(&env, &group(2, 100.0)).await;
+    assert_eq!(ran.outcome.verdict, RunVerdict::Fail);
+    let step = ran.step("settle setpoint");
+    assert_eq!(step.status, Some(StepStatus::Fail));
+    assert_eq!(step.message.as_deref(), Some("still failing after 2 tries"));
+}

@@ -392,6 +392,7 @@ impl Exec {
                     self.value(&s.name, &c.expr, &c.unit, Some(&c.limit), step_id, false)
                         .await
                 }
+                StepKind::Group(head, inner) => self.group(s, head, inner).await,
                 StepKind::Sweep(head, inner) => {
                     let mut result = Outcome::Pass;
                     for v in &head.values {
@@ -448,6 +449,48 @@ impl Exec {
                 Ok(o) | Err(o) => o,
             }
         })
+    }
+
+    /// Run the nested steps until none fails, up to `tries` times. Errors and aborts end the
+    /// group at once; measurements of failed tries stay stored (nothing taken is lost).
+    async fn group(
+        &mut self,
+        s: &Step,
+        head: &super::schema::GroupHead,
+        inner: &[Step],
+    ) -> Result<Outcome, Outcome> {
+        let tries = head.tries.max(1);
+        let delay = match &head.retry_delay {
+            Some(d) => duration(d, &self.vars).map_err(Outcome::Error)?,
+            None => Duration::ZERO,
+        };
+        let failed_before = self.failed;
+        for attempt in 1..=tries {
+            self.failed = false;
+            let go_on = self.steps(inner, false).await;
+            let failed_here = self.failed;
+            self.failed = failed_before;
+            // A nested `on_fail = "stop"` ends this try only; the group's own on_fail decides.
+            self.stopped = false;
+            if self.aborted {
+                return Err(Outcome::Aborted);
+            }
+            if !go_on && self.errored {
+                return Ok(Outcome::Error(format!("error in try {attempt} of {tries}")));
+            }
+            if !failed_here {
+                return Ok(Outcome::Pass);
+            }
+            if attempt < tries {
+                self.event(
+                    "retry",
+                    json!({"step": self.label(&s.name), "try": attempt + 1, "tries": tries}),
+                )
+                .await;
+                self.sleep(delay).await?;
+            }
+        }
+        Ok(Outcome::Fail(format!("still failing after {tries} tries")))
     }
 
     async fn act(&mut self, a: &super::schema::Act) -> Result<Outcome, Outcome> {

@@ -71,6 +71,7 @@ pub enum StepKind {
     Compute(Compute),
     Check(Check),
     Sweep(SweepHead, Vec<Step>),
+    Group(GroupHead, Vec<Step>),
 }
 
 pub const STEP_KINDS: &[&str] = &[
@@ -82,6 +83,7 @@ pub const STEP_KINDS: &[&str] = &[
     "compute",
     "check",
     "sweep",
+    "group",
 ];
 
 impl StepKind {
@@ -95,6 +97,7 @@ impl StepKind {
             StepKind::Compute(_) => "compute",
             StepKind::Check(_) => "check",
             StepKind::Sweep(..) => "sweep",
+            StepKind::Group(..) => "group",
         }
     }
 }
@@ -372,7 +375,7 @@ fn step(
         }
         if COMMON_KEYS.contains(&kn) {
             common.insert(k.clone(), val.clone());
-        } else if kn == "steps" && kind.as_deref() == Some("sweep") {
+        } else if kn == "steps" && matches!(kind.as_deref(), Some("sweep" | "group")) {
             nested = Some(val);
         } else {
             own.insert(k.clone(), val.clone());
@@ -401,6 +404,18 @@ fn step(
             }
             let inner = step_list(source, nested, &format!("{key}.steps"), diags);
             StepKind::Sweep(head?, inner)
+        }
+        "group" => {
+            let head = source.decode(key, &own_v, diags);
+            if nested.is_none() {
+                diags.push(source.error(
+                    v.span(),
+                    &format!("{key}.steps"),
+                    "missing key (the steps of the group)",
+                ));
+            }
+            let inner = step_list(source, nested, &format!("{key}.steps"), diags);
+            StepKind::Group(head?, inner)
         }
         _ => return None,
     };
@@ -762,6 +777,15 @@ impl Validator<'_> {
             StepKind::Check(c) => {
                 self.expr(l, "expr", &c.expr, scope, None);
                 self.limit(l, "limit", &c.limit, &c.unit, scope);
+            }
+            StepKind::Group(head, inner) => {
+                if head.tries == 0 {
+                    self.diags.push(l.diag("tries", "tries must be at least 1"));
+                }
+                if let Some(d) = &head.retry_delay {
+                    self.dur(l, "retry_delay", d);
+                }
+                self.steps(inner, scope, sweeps);
             }
             StepKind::Sweep(head, inner) => {
                 if head.values.is_empty() {

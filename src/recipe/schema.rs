@@ -235,3 +235,14 @@ pub struct WaitUntil {
     /// Give up (the step fails) after this long.
     pub max_duration: DurSpec,
 }
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupHead {
+    /// Run the nested steps up to this many times until none of them fails.
+    #[serde(default = "one")]
+    pub tries: u32,
+    /// Pause between tries.
+    #[serde(default)]
+    pub retry_delay: Option<DurSpec>,
+}
