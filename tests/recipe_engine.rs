@@ -612,3 +612,51 @@ args = {{ volts = {fix} }}
     assert_eq!(step.status, Some(StepStatus::Fail));
     assert_eq!(step.message.as_deref(), Some("still failing after 2 tries"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirm_waits_for_the_operator() {
+    let env = env().await;
+    let text = r#"[recipe]
+name = "c"
+roles = ["source"]
+
+[[steps]]
+kind = "confirm"
+name = "insert lamp"
+prompt = "insert lamp 2"
+timeout = "10s"
+
+[[steps]]
+kind = "act"
+name = "on"
+role = "source"
+action = "output"
+args = { on = true }
+"#;
+    for (answer, verdict) in [(true, RunVerdict::Pass), (false, RunVerdict::Fail)] {
+        let s = spec(&env, &env.dir.path().join("c.toml"), text, &[]);
+        let (tx, mut rx) = mpsc::channel::<recipe::ConfirmRequest>(1);
+        let operator = tokio::spawn(async move {
+            let req = rx.recv().await.expect("asked");
+            assert_eq!(req.prompt, "insert lamp 2");
+            req.reply.send(answer).unwrap();
+        });
+        let hooks = recipe::Hooks {
+            confirm: Some(tx),
+            ..recipe::Hooks::default()
+        };
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(10),
+            recipe::run_with(&s, &env.gw.instruments, &env.store, hooks),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        operator.await.unwrap();
+        assert_eq!(outcome.verdict, verdict);
+    }
+    // Nobody to ask: an error, not a silent pass.
+    let ran = run_text(&env, text).await;
+    assert_eq!(ran.outcome.verdict, RunVerdict::Error);
+    assert!(ran.detail.steps.iter().all(|s| s.name != "on"));
+}

@@ -99,7 +99,14 @@ pub async fn run(bench: Bench, args: RunArgs) -> ExitCode {
             print_progress(&p);
         }
     });
-    let result = recipe::run(&spec, &gw.instruments, &store, Some(tx), abort).await;
+    let (confirm_tx, confirm_rx) = mpsc::channel(1);
+    tokio::spawn(answer_prompts(confirm_rx));
+    let hooks = recipe::Hooks {
+        progress: Some(tx),
+        abort,
+        confirm: Some(confirm_tx),
+    };
+    let result = recipe::run_with(&spec, &gw.instruments, &store, hooks).await;
     let _ = printer.await;
     match result {
         Ok(o) => {
@@ -118,6 +125,31 @@ pub async fn run(bench: Bench, args: RunArgs) -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::from(EXIT_ERROR)
         }
+    }
+}
+
+/// Ask the operator on the terminal. Lines come from a plain thread: a blocking stdin read
+/// would keep a tokio blocking-pool thread (and so the process) alive after the run.
+async fn answer_prompts(mut rx: mpsc::Receiver<recipe::ConfirmRequest>) {
+    let (line_tx, mut lines) = mpsc::unbounded_channel::<String>();
+    let _ = std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            let mut buf = String::new();
+            while std::io::stdin().read_line(&mut buf).is_ok_and(|n| n > 0) {
+                if line_tx.send(std::mem::take(&mut buf)).is_err() {
+                    break;
+                }
+            }
+        });
+    while let Some(req) = rx.recv().await {
+        println!("? {} [y = go on / n = fail the step]", req.prompt);
+        let yes = match lines.recv().await {
+            Some(l) => matches!(l.trim().to_ascii_lowercase().as_str(), "y" | "yes"),
+            // No terminal input at all: nobody can confirm.
+            None => false,
+        };
+        let _ = req.reply.send(yes);
     }
 }
 
@@ -217,6 +249,7 @@ pub fn progress_line(p: &Progress) -> String {
             Some(m) => format!("[{index}] {status}: {m}"),
             None => format!("[{index}] {status}"),
         },
+        Progress::Confirm { prompt, .. } => format!("    waiting for the operator: {prompt}"),
         Progress::CleanupStarted => "cleanup".to_string(),
         Progress::RunFinished { run, verdict } => format!("run {run} finished: {verdict}"),
     }

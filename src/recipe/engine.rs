@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::time::{Duration, SystemTime};
 
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::expr::{Expr, Var, Vars};
@@ -71,6 +71,11 @@ pub enum Progress {
         status: StepStatus,
         message: Option<String>,
     },
+    /// The run waits for the operator (see [`ConfirmRequest`]).
+    Confirm {
+        step: String,
+        prompt: String,
+    },
     CleanupStarted,
     RunFinished {
         run: RunId,
@@ -102,6 +107,24 @@ pub struct RunOutcome {
     pub verdict: RunVerdict,
 }
 
+/// A `confirm` step asking the operator; answer `true` to go on, `false` to fail the step.
+#[derive(Debug)]
+pub struct ConfirmRequest {
+    pub run: RunId,
+    pub step: String,
+    pub prompt: String,
+    pub reply: oneshot::Sender<bool>,
+}
+
+/// How a run talks to the outside while it goes.
+#[derive(Debug, Default)]
+pub struct Hooks {
+    pub progress: Option<mpsc::UnboundedSender<Progress>>,
+    pub abort: CancellationToken,
+    /// Where `confirm` steps ask; without it a `confirm` step is an error.
+    pub confirm: Option<mpsc::Sender<ConfirmRequest>>,
+}
+
 /// Run `spec` on `instruments` (by instrument id; every instrument of the station's roles must
 /// be there), filing results in `store`. Returns once cleanup has run and the verdict is filed.
 pub async fn run(
@@ -111,6 +134,26 @@ pub async fn run(
     progress: Option<mpsc::UnboundedSender<Progress>>,
     abort: CancellationToken,
 ) -> Result<RunOutcome, EngineError> {
+    let hooks = Hooks {
+        progress,
+        abort,
+        confirm: None,
+    };
+    run_with(spec, instruments, store, hooks).await
+}
+
+/// [`run`] with every hook, including operator confirmations.
+pub async fn run_with(
+    spec: &RunSpec,
+    instruments: &BTreeMap<String, Instrument>,
+    store: &Store,
+    hooks: Hooks,
+) -> Result<RunOutcome, EngineError> {
+    let Hooks {
+        progress,
+        abort,
+        confirm,
+    } = hooks;
     let mut by_role = BTreeMap::new();
     for (role, (id, _)) in &spec.station.roles {
         if let Some(i) = instruments.get(id) {
@@ -147,6 +190,7 @@ pub async fn run(
         by_role,
         vars: spec.params.clone(),
         progress,
+        confirm,
         abort: abort.clone(),
         next_index: 0,
         suffix: Vec::new(),
@@ -203,6 +247,7 @@ struct Exec {
     by_role: BTreeMap<String, Instrument>,
     vars: Vars,
     progress: Option<mpsc::UnboundedSender<Progress>>,
+    confirm: Option<mpsc::Sender<ConfirmRequest>>,
     abort: CancellationToken,
     next_index: i64,
     /// Enclosing sweeps' (value, unit), outermost first.
@@ -393,6 +438,7 @@ impl Exec {
                         .await
                 }
                 StepKind::Group(head, inner) => self.group(s, head, inner).await,
+                StepKind::Confirm(c) => self.confirm(s, &c.prompt).await,
                 StepKind::Sweep(head, inner) => {
                     let mut result = Outcome::Pass;
                     for v in &head.values {
@@ -449,6 +495,40 @@ impl Exec {
                 Ok(o) | Err(o) => o,
             }
         })
+    }
+
+    async fn confirm(&mut self, s: &Step, prompt: &str) -> Result<Outcome, Outcome> {
+        let Some(tx) = self.confirm.clone() else {
+            return Err(Outcome::Error(
+                "no operator is attached to confirm this step".to_string(),
+            ));
+        };
+        let step = self.label(&s.name);
+        let (reply, answer) = oneshot::channel();
+        self.emit(Progress::Confirm {
+            step: step.clone(),
+            prompt: prompt.to_string(),
+        });
+        self.event("confirm", json!({"step": step, "prompt": prompt}))
+            .await;
+        let request = ConfirmRequest {
+            run: self.run,
+            step,
+            prompt: prompt.to_string(),
+            reply,
+        };
+        if tx.send(request).await.is_err() {
+            return Err(Outcome::Error("the operator prompt is gone".to_string()));
+        }
+        // Waits for the operator as long as it takes: bound it with the step's `timeout`.
+        tokio::select! {
+            a = answer => match a {
+                Ok(true) => Ok(Outcome::Pass),
+                Ok(false) => Ok(Outcome::Fail("the operator declined".to_string())),
+                Err(_) => Err(Outcome::Error("the operator prompt is gone".to_string())),
+            },
+            _ = self.abort.cancelled() => Err(Outcome::Aborted),
+        }
     }
 
     /// Run the nested steps until none fails, up to `tries` times. Errors and aborts end the

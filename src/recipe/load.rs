@@ -72,6 +72,7 @@ pub enum StepKind {
     Check(Check),
     Sweep(SweepHead, Vec<Step>),
     Group(GroupHead, Vec<Step>),
+    Confirm(Confirm),
 }
 
 pub const STEP_KINDS: &[&str] = &[
@@ -84,6 +85,7 @@ pub const STEP_KINDS: &[&str] = &[
     "check",
     "sweep",
     "group",
+    "confirm",
 ];
 
 impl StepKind {
@@ -98,6 +100,7 @@ impl StepKind {
             StepKind::Check(_) => "check",
             StepKind::Sweep(..) => "sweep",
             StepKind::Group(..) => "group",
+            StepKind::Confirm(_) => "confirm",
         }
     }
 }
@@ -391,6 +394,7 @@ fn step(
         "wait" => StepKind::Wait(source.decode(key, &own_v, diags)?),
         "stabilize" => StepKind::Stabilize(source.decode(key, &own_v, diags)?),
         "wait_until" => StepKind::WaitUntil(source.decode(key, &own_v, diags)?),
+        "confirm" => StepKind::Confirm(source.decode(key, &own_v, diags)?),
         "compute" => StepKind::Compute(source.decode(key, &own_v, diags)?),
         "check" => StepKind::Check(source.decode(key, &own_v, diags)?),
         "sweep" => {
@@ -777,6 +781,11 @@ impl Validator<'_> {
             StepKind::Check(c) => {
                 self.expr(l, "expr", &c.expr, scope, None);
                 self.limit(l, "limit", &c.limit, &c.unit, scope);
+            }
+            StepKind::Confirm(c) => {
+                if c.prompt.trim().is_empty() {
+                    self.diags.push(l.diag("prompt", "the prompt is empty"));
+                }
             }
             StepKind::Group(head, inner) => {
                 if head.tries == 0 {

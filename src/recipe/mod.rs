@@ -13,7 +13,9 @@ pub mod load;
 pub mod schema;
 pub mod units;
 
-pub use engine::{EngineError, Progress, RunOutcome, RunSpec, run};
+pub use engine::{
+    ConfirmRequest, EngineError, Hooks, Progress, RunOutcome, RunSpec, run, run_with,
+};
 pub use load::{
     Recipe, StationView, check_dir, check_file, load_and_validate, load_file, parse, validate,
 };

@@ -246,3 +246,10 @@ pub struct GroupHead {
     #[serde(default)]
     pub retry_delay: Option<DurSpec>,
 }
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Confirm {
+    /// What the operator is asked ("insert lamp 2"); the run pauses until answered.
+    pub prompt: String,
+}
