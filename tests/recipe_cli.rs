@@ -36,14 +36,13 @@ fn write_config(sim: &SimBench, dir: &Path) -> PathBuf {
 async fn labgate(cfg: &Path, args: &[&str]) -> Output {
     let mut cmd = Command::new(common::labgate_bin());
     cmd.arg("-c").arg(cfg).args(args);
-    let out = tokio::time::timeout(
+    tokio::time::timeout(
         Duration::from_secs(30),
         tokio::task::spawn_blocking(move || cmd.output().unwrap()),
     )
     .await
     .expect("labgate finishes in time")
-    .unwrap();
-    out
+    .unwrap()
 }
 
 fn text(b: &[u8]) -> String {
