@@ -660,3 +660,60 @@ args = { on = true }
     assert_eq!(ran.outcome.verdict, RunVerdict::Error);
     assert!(ran.detail.steps.iter().all(|s| s.name != "on"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_on_held_instruments_is_refused_naming_the_holder() {
+    let env = env().await;
+    let long = r#"[recipe]
+name = "long"
+roles = ["source"]
+
+[[steps]]
+kind = "wait"
+name = "long"
+duration = "60s"
+"#;
+    let locks = recipe::locks::Locks::new();
+    let first = spec(&env, &env.dir.path().join("long.toml"), long, &[]);
+    let abort = CancellationToken::new();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let hooks = recipe::Hooks {
+        progress: Some(tx),
+        abort: abort.clone(),
+        locks: Some(locks.clone()),
+        ..recipe::Hooks::default()
+    };
+    let (store, instruments) = (env.store.clone(), env.gw.instruments.clone());
+    let task =
+        tokio::spawn(async move { recipe::run_with(&first, &instruments, &store, hooks).await });
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(p) = rx.recv().await {
+            if matches!(p, Progress::StepStarted { .. }) {
+                break;
+            }
+        }
+    })
+    .await
+    .unwrap();
+
+    let second = spec(&env, &env.dir.path().join("long.toml"), long, &[]);
+    let hooks = recipe::Hooks {
+        locks: Some(locks.clone()),
+        ..recipe::Hooks::default()
+    };
+    let err = recipe::run_with(&second, &env.gw.instruments, &env.store, hooks)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "instrument `src1` is in use by recipe `long` for DUT SN-TEST on station `demo`"
+    );
+    abort.cancel();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome.verdict, RunVerdict::Aborted);
+    assert_eq!(locks.holder("src1"), None, "released when the run ended");
+}

@@ -105,6 +105,7 @@ pub async fn run(bench: Bench, args: RunArgs) -> ExitCode {
         progress: Some(tx),
         abort,
         confirm: Some(confirm_tx),
+        locks: None,
     };
     let result = recipe::run_with(&spec, &gw.instruments, &store, hooks).await;
     let _ = printer.await;

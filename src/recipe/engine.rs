@@ -88,6 +88,8 @@ pub enum EngineError {
     #[error("station `{station}` has no instrument for role `{role}`")]
     MissingInstrument { station: String, role: String },
     #[error(transparent)]
+    Busy(#[from] super::locks::Busy),
+    #[error(transparent)]
     Store(#[from] StoreError),
 }
 
@@ -123,6 +125,9 @@ pub struct Hooks {
     pub abort: CancellationToken,
     /// Where `confirm` steps ask; without it a `confirm` step is an error.
     pub confirm: Option<mpsc::Sender<ConfirmRequest>>,
+    /// Instrument ownership shared with other runs of this process; the run is refused when
+    /// one of its instruments is held.
+    pub locks: Option<super::locks::Locks>,
 }
 
 /// Run `spec` on `instruments` (by instrument id; every instrument of the station's roles must
@@ -137,7 +142,7 @@ pub async fn run(
     let hooks = Hooks {
         progress,
         abort,
-        confirm: None,
+        ..Hooks::default()
     };
     run_with(spec, instruments, store, hooks).await
 }
@@ -153,6 +158,7 @@ pub async fn run_with(
         progress,
         abort,
         confirm,
+        locks,
     } = hooks;
     let mut by_role = BTreeMap::new();
     for (role, (id, _)) in &spec.station.roles {
@@ -168,6 +174,25 @@ pub async fn run_with(
             });
         }
     }
+    let _guard = match &locks {
+        Some(l) => {
+            let mut ids: Vec<String> = spec
+                .recipe
+                .meta
+                .roles
+                .iter()
+                .filter_map(|r| spec.station.roles.get(r).map(|(id, _)| id.clone()))
+                .collect();
+            ids.sort();
+            ids.dedup();
+            let holder = format!(
+                "recipe `{}` for DUT {} on station `{}`",
+                spec.recipe.meta.name, spec.dut, spec.station.name
+            );
+            Some(l.try_acquire(&ids, &holder)?)
+        }
+        None => None,
+    };
     let parameters: serde_json::Map<String, serde_json::Value> = spec
         .params
         .iter()

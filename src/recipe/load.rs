@@ -565,6 +565,8 @@ struct Validator<'a> {
     diags: Diagnostics,
     /// Every value defined so far, in order (a sweep names what its steps defined).
     defined: Vec<(String, String)>,
+    /// The recipe's `[recipe] roles`.
+    roles: Vec<String>,
 }
 
 /// Everything a run needs checked: returns the parameter values to run with.
@@ -597,6 +599,7 @@ pub fn validate(
                 params: &p,
                 diags: Diagnostics::new(),
                 defined: Vec::new(),
+                roles: recipe.meta.roles.clone(),
             };
             v.all(recipe);
             d.extend(v.diags);
@@ -608,6 +611,7 @@ pub fn validate(
         params: &params,
         diags: Diagnostics::new(),
         defined: Vec::new(),
+        roles: recipe.meta.roles.clone(),
     };
     v.all(recipe);
     if v.diags.has_errors() {
@@ -660,6 +664,16 @@ impl Validator<'_> {
     }
 
     fn role(&mut self, locs: &Locs, role: &str) -> Option<Arc<Driver>> {
+        // The listed roles are what a run locks and what `check` matches stations by.
+        if !self.roles.iter().any(|r| r == role) {
+            self.diags.push(locs.diag(
+                "role",
+                format!(
+                    "role `{role}` is not listed in [recipe] roles ({})",
+                    self.roles.join(", ")
+                ),
+            ));
+        }
         match self.station.roles.get(role) {
             Some((_, d)) => Some(d.clone()),
             None => {

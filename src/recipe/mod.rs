@@ -4,12 +4,14 @@
 //!   every problem reported at once with file:line:col.
 //! - [`expr`]: expressions over parameters and measured values; [`units`]: unit conversion;
 //!   [`limits`]: limits and verdicts.
-//! - [`engine`]: runs a validated recipe on instruments and files results in the store.
+//! - [`engine`]: runs a validated recipe on instruments and files results in the store;
+//!   [`locks`]: an instrument belongs to one run at a time.
 
 pub mod engine;
 pub mod expr;
 pub mod limits;
 pub mod load;
+pub mod locks;
 pub mod schema;
 pub mod units;
 
