@@ -240,3 +240,90 @@ args = { on = false }
     assert!(out.1.contains("verdict: ABORTED"), "{}", out.1);
     assert!(!sim.plant.output_on(), "cleanup switched the lamp off");
 }
+
+/// `kill -9` mid-run loses nothing already measured; at the next start the run is marked
+/// interrupted (the daemon does that at start-up; here the test does it on the same store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_run_keeps_every_measurement() {
+    use labgate::store::{RunFilter, RunState, RunVerdict, Store};
+    let sim = start(SimBenchConfig::ephemeral()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(&sim, dir.path());
+    let recipe = dir.path().join("crash.toml");
+    std::fs::write(
+        &recipe,
+        r#"[recipe]
+name = "crash"
+roles = ["source", "analyzer"]
+
+[[steps]]
+kind = "act"
+role = "source"
+action = "output"
+args = { on = true }
+
+[[steps]]
+kind = "measure"
+role = "analyzer"
+quantities = ["voltage", "current"]
+
+[[steps]]
+kind = "wait"
+name = "long"
+duration = "5min"
+"#,
+    )
+    .unwrap();
+    let mut child = Command::new(common::labgate_bin())
+        .arg("-c")
+        .arg(&cfg)
+        .args([
+            "run",
+            recipe.to_str().unwrap(),
+            "--station",
+            "demo",
+            "--dut",
+            "K9",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let db = dir.path().join("data").join(labgate::store::FILE_NAME);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let run = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no measurements filed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if !db.exists() {
+            continue;
+        }
+        let Ok(store) = Store::open(&db) else {
+            continue;
+        };
+        let Ok(page) = store.list_runs(&RunFilter::default()).await else {
+            continue;
+        };
+        let Some(r) = page.items.first() else {
+            continue;
+        };
+        let d = store.get_run(r.id).await.unwrap().unwrap();
+        if d.measurements.len() == 2 {
+            break r.id;
+        }
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let store = Store::open(&db).unwrap();
+    let d = store.get_run(run).await.unwrap().unwrap();
+    assert_eq!(d.run.state, RunState::Running, "nobody finished it");
+    let names: Vec<&str> = d.measurements.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["voltage", "current"]);
+    assert!(d.measurements.iter().all(|m| m.value.is_some()));
+    assert_eq!(store.mark_interrupted().await.unwrap(), vec![run]);
+    let d = store.get_run(run).await.unwrap().unwrap();
+    assert_eq!(d.run.verdict, Some(RunVerdict::Interrupted));
+    assert_eq!(d.measurements.len(), 2);
+}
