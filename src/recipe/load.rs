@@ -259,19 +259,49 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     h
 }
 
+/// Byte offset -> line and column without rescanning the text for every key (a 1,000-step
+/// recipe has thousands of keys).
+struct LineIndex<'a> {
+    text: &'a str,
+    starts: Vec<usize>,
+}
+
+impl<'a> LineIndex<'a> {
+    fn new(text: &'a str) -> Self {
+        let mut starts = vec![0];
+        starts.extend(memchr::memchr_iter(b'\n', text.as_bytes()).map(|i| i + 1));
+        LineIndex { text, starts }
+    }
+
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let line = self.starts.partition_point(|s| *s <= offset);
+        let start = self.starts[line - 1];
+        (line, self.text[start..offset].chars().count() + 1)
+    }
+}
+
 fn locs_of(source: &Source, key: &str, v: &Spanned<DeValue<'_>>) -> Locs {
+    let index = LineIndex::new(&source.text);
+    locs_with(&index, source, key, v)
+}
+
+fn locs_with(index: &LineIndex<'_>, source: &Source, key: &str, v: &Spanned<DeValue<'_>>) -> Locs {
     let mut keys = BTreeMap::new();
-    collect_locs(source, v, "", &mut keys);
+    collect_locs(index, v, "", &mut keys);
     Locs {
         file: source.path.clone(),
         key: key.to_string(),
-        at: source.line_col(v.span().start),
+        at: index.line_col(v.span().start),
         keys,
     }
 }
 
 fn collect_locs(
-    source: &Source,
+    source: &LineIndex<'_>,
     v: &Spanned<DeValue<'_>>,
     prefix: &str,
     out: &mut BTreeMap<String, (usize, usize)>,
