@@ -717,3 +717,77 @@ duration = "60s"
     assert_eq!(outcome.verdict, RunVerdict::Aborted);
     assert_eq!(locks.holder("src1"), None, "released when the run ended");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_retried_and_ranges_sweep() {
+    let env = env().await;
+    let text = r#"[recipe]
+name = "r"
+roles = ["source"]
+
+[[steps]]
+kind = "sweep"
+name = "range"
+var = "v"
+unit = "V"
+range = { from = 100, to = 130, step = 15 }
+
+[[steps.steps]]
+kind = "act"
+name = "set"
+role = "source"
+action = "set_voltage"
+args = { volts = "v" }
+
+[[steps.steps]]
+kind = "measure"
+name = "read"
+role = "source"
+quantities = ["voltage_setpoint"]
+limits.voltage_setpoint = { nominal = "v", tolerance = 0.01 }
+
+[[steps]]
+kind = "wait"
+name = "slow"
+duration = "10s"
+timeout = "50ms"
+retries = 2
+retry_delay = "10ms"
+"#;
+    let ran = run_text(&env, text).await;
+    let names: Vec<&str> = ran
+        .detail
+        .measurements
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "voltage_setpoint@100V",
+            "voltage_setpoint@115V",
+            "voltage_setpoint@130V"
+        ]
+    );
+    assert!(
+        ran.detail
+            .measurements
+            .iter()
+            .all(|m| m.verdict == Some(Verdict::Pass))
+    );
+    assert_eq!(ran.outcome.verdict, RunVerdict::Error);
+    let slow = ran.step("slow");
+    assert_eq!(
+        slow.message.as_deref(),
+        Some("step `slow` timed out after 50ms (after 3 tries)")
+    );
+    let mut retries = 0;
+    let mut seq = 0;
+    loop {
+        let events = env.store.events_since(ran.outcome.run, seq).await.unwrap();
+        let Some(last) = events.last() else { break };
+        seq = last.seq;
+        retries += events.iter().filter(|e| e.kind == "retry").count();
+    }
+    assert_eq!(retries, 2);
+}

@@ -245,3 +245,24 @@ fn the_reference_example_validates() {
     assert!(example.contains("[[cleanup]]"));
     assert_eq!(problems(example, &[]), "");
 }
+
+#[test]
+fn sweep_ranges_are_checked() {
+    let text = r#"[recipe]
+name = "s"
+roles = ["source"]
+
+[[steps]]
+kind = "sweep"
+var = "v"
+range = { from = 10, to = 0, step = 1 }
+
+[[steps.steps]]
+kind = "wait"
+duration = "1s"
+"#;
+    assert_eq!(
+        problems(text, &[]),
+        "bad.toml:5:1: steps[0].range: range 10 to 0 by 1 is empty, endless or longer than 10000 values"
+    );
+}

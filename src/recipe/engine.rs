@@ -370,15 +370,42 @@ impl Exec {
             json!({"index": index, "name": name, "kind": kind, "cleanup": cleanup}),
         )
         .await;
-        let outcome = match s.common.timeout {
-            Some(t) => match tokio::time::timeout(t, self.kind(s, step_id)).await {
-                Ok(o) => o,
-                Err(_) => Outcome::Error(format!(
-                    "step `{name}` timed out after {}",
-                    humantime::format_duration(t)
-                )),
-            },
-            None => self.kind(s, step_id).await,
+        let mut attempt = 0;
+        let errored_before = self.errored;
+        let outcome = loop {
+            let o = match s.common.timeout {
+                Some(t) => match tokio::time::timeout(t, self.kind(s, step_id)).await {
+                    Ok(o) => o,
+                    Err(_) => Outcome::Error(format!(
+                        "step `{name}` timed out after {}",
+                        humantime::format_duration(t)
+                    )),
+                },
+                None => self.kind(s, step_id).await,
+            };
+            // Only errors are retried (a fault may be passing); a failed limit is a result.
+            // Groups retry on failure themselves; `retries` on a group retries its errors.
+            let Outcome::Error(msg) = o else { break o };
+            if attempt >= s.common.retries || self.aborted {
+                break Outcome::Error(if attempt > 0 {
+                    format!("{msg} (after {} tries)", attempt + 1)
+                } else {
+                    msg
+                });
+            }
+            attempt += 1;
+            self.errored = errored_before;
+            self.event(
+                "retry",
+                json!({"index": index, "name": name, "try": attempt + 1, "error": msg}),
+            )
+            .await;
+            if let Err(o) = self
+                .sleep(s.common.retry_delay.unwrap_or(Duration::ZERO))
+                .await
+            {
+                break o;
+            }
         };
         let (status, message, go_on) = match outcome {
             Outcome::Pass => (StepStatus::Pass, None, true),
@@ -565,10 +592,7 @@ impl Exec {
         inner: &[Step],
     ) -> Result<Outcome, Outcome> {
         let tries = head.tries.max(1);
-        let delay = match &head.retry_delay {
-            Some(d) => duration(d, &self.vars).map_err(Outcome::Error)?,
-            None => Duration::ZERO,
-        };
+        let delay = s.common.retry_delay.unwrap_or(Duration::ZERO);
         let failed_before = self.failed;
         for attempt in 1..=tries {
             self.failed = false;

@@ -129,7 +129,14 @@ pub struct Recipe {
 }
 
 const TOP_KEYS: &[&str] = &["recipe", "parameters", "steps", "cleanup"];
-const COMMON_KEYS: &[&str] = &["kind", "name", "on_fail", "timeout"];
+const COMMON_KEYS: &[&str] = &[
+    "kind",
+    "name",
+    "on_fail",
+    "timeout",
+    "retries",
+    "retry_delay",
+];
 
 /// Read and parse a recipe file.
 pub fn load_file(path: &Path) -> Result<Recipe, Diagnostics> {
@@ -437,7 +444,26 @@ fn step(
                 ));
             }
             let inner = step_list(source, nested, &format!("{key}.steps"), diags);
-            StepKind::Sweep(head?, inner)
+            let mut head: SweepHead = head?;
+            if let Some(r) = &head.range {
+                match (head.values.is_empty(), r.values()) {
+                    (true, Some(v)) => head.values = v,
+                    (false, _) => diags.push(source.error(
+                        v.span(),
+                        &format!("{key}.range"),
+                        "give values or range, not both",
+                    )),
+                    (_, None) => diags.push(source.error(
+                        v.span(),
+                        &format!("{key}.range"),
+                        format!(
+                            "range {} to {} by {} is empty, endless or longer than {MAX_SWEEP_VALUES} values",
+                            r.from, r.to, r.step
+                        ),
+                    )),
+                }
+            }
+            StepKind::Sweep(head, inner)
         }
         "group" => {
             let head = source.decode(key, &own_v, diags);
@@ -834,9 +860,6 @@ impl Validator<'_> {
             StepKind::Group(head, inner) => {
                 if head.tries == 0 {
                     self.diags.push(l.diag("tries", "tries must be at least 1"));
-                }
-                if let Some(d) = &head.retry_delay {
-                    self.dur(l, "retry_delay", d);
                 }
                 self.steps(inner, scope, sweeps);
             }

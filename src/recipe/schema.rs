@@ -68,6 +68,12 @@ pub struct Common {
     /// The whole step, instrument time included; exceeding it is an error.
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
+    /// Run the step again after an error (instrument fault, timeout), up to this many times.
+    #[serde(default)]
+    pub retries: u32,
+    /// Pause before each retry (and between a group's tries).
+    #[serde(default, with = "humantime_serde")]
+    pub retry_delay: Option<Duration>,
 }
 
 /// A number, or an expression over parameters and earlier values.
@@ -217,7 +223,44 @@ pub struct SweepHead {
     pub var: String,
     #[serde(default)]
     pub unit: String,
+    /// The values, in order...
+    #[serde(default)]
     pub values: Vec<f64>,
+    /// ...or a range, both ends included: `{ from = 25, to = 125, step = 25 }`.
+    #[serde(default)]
+    pub range: Option<SweepRange>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepRange {
+    pub from: f64,
+    pub to: f64,
+    pub step: f64,
+}
+
+/// Most values a range may expand to: more is a typo, not a test.
+pub const MAX_SWEEP_VALUES: usize = 10_000;
+
+impl SweepRange {
+    /// The values from `from` to `to` (included, within rounding) by `step`; `None` if the step
+    /// is zero, points away from `to`, or makes too many values.
+    pub fn values(&self) -> Option<Vec<f64>> {
+        let span = self.to - self.from;
+        if !(self.step.is_finite() && span.is_finite()) || self.step == 0.0 {
+            return None;
+        }
+        let n = span / self.step;
+        if n < -1e-9 || n > MAX_SWEEP_VALUES as f64 {
+            return None;
+        }
+        let count = (n + 1e-9).floor() as usize + 1;
+        Some(
+            (0..count)
+                .map(|i| self.from + self.step * i as f64)
+                .collect(),
+        )
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -242,9 +285,6 @@ pub struct GroupHead {
     /// Run the nested steps up to this many times until none of them fails.
     #[serde(default = "one")]
     pub tries: u32,
-    /// Pause between tries.
-    #[serde(default)]
-    pub retry_delay: Option<DurSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
