@@ -263,6 +263,6 @@ duration = "1s"
 "#;
     assert_eq!(
         problems(text, &[]),
-        "bad.toml:5:1: steps[0].range: range 10 to 0 by 1 is empty, endless or longer than 10000 values"
+        "bad.toml:8:1: steps[0].range: range 10 to 0 by 1 is empty, endless or longer than 10000 values"
     );
 }

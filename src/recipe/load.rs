@@ -448,14 +448,9 @@ fn step(
             if let Some(r) = &head.range {
                 match (head.values.is_empty(), r.values()) {
                     (true, Some(v)) => head.values = v,
-                    (false, _) => diags.push(source.error(
-                        v.span(),
-                        &format!("{key}.range"),
-                        "give values or range, not both",
-                    )),
-                    (_, None) => diags.push(source.error(
-                        v.span(),
-                        &format!("{key}.range"),
+                    (false, _) => diags.push(locs.diag("range", "give values or range, not both")),
+                    (_, None) => diags.push(locs.diag(
+                        "range",
                         format!(
                             "range {} to {} by {} is empty, endless or longer than {MAX_SWEEP_VALUES} values",
                             r.from, r.to, r.step
@@ -864,7 +859,7 @@ impl Validator<'_> {
                 self.steps(inner, scope, sweeps);
             }
             StepKind::Sweep(head, inner) => {
-                if head.values.is_empty() {
+                if head.values.is_empty() && head.range.is_none() {
                     self.diags
                         .push(l.diag("values", "a sweep needs at least one value"));
                 }
