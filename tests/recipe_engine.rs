@@ -791,3 +791,62 @@ retry_delay = "10ms"
     }
     assert_eq!(retries, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn voltage_sweep_example_runs_to_a_pass() {
+    let env = env().await;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/recipes/voltage-sweep.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let s = spec(
+        &env,
+        &path,
+        &text,
+        &[("stabilize_interval", 0.1), ("settle", 0.05)],
+    );
+    let ran = run_spec(&env, &s, CancellationToken::new()).await;
+    assert_eq!(
+        ran.outcome.verdict,
+        RunVerdict::Pass,
+        "{:#?}",
+        ran.detail.steps
+    );
+    for v in ["198V", "220V", "242V"] {
+        let m = ran.measurement(&format!("voltage@{v}"));
+        assert_eq!(m.verdict, Some(Verdict::Pass), "{m:?}");
+        assert!(ran.value(&format!("flux@{v}")) > 700.0);
+    }
+    assert_eq!(
+        ran.measurement("flux change over the range").verdict,
+        Some(Verdict::Pass)
+    );
+    assert!(!env.sim.plant.output_on());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thermal_example_runs_to_a_pass() {
+    let env = env().await;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/recipes/thermal.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    // A setpoint at the simulated chamber's ambient, so the chamber is there at once.
+    let s = spec(
+        &env,
+        &path,
+        &text,
+        &[("chamber_setpoint", 23.2), ("interval", 0.1), ("hold", 0.2)],
+    );
+    let ran = run_spec(&env, &s, CancellationToken::new()).await;
+    assert_eq!(
+        ran.outcome.verdict,
+        RunVerdict::Pass,
+        "{:#?}",
+        ran.detail.steps
+    );
+    let rise = ran.value("case_rise");
+    assert!((rise - (ran.value("tc_101") - ran.value("tc_102"))).abs() < 1e-9);
+    assert!(
+        rise > 10.0,
+        "the lit lamp's case is warmer than the air: {rise}"
+    );
+    assert_eq!(ran.measurement("tc_101").unit, "degC");
+    assert!(!env.sim.plant.output_on());
+}
