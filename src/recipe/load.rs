@@ -182,7 +182,13 @@ pub fn parse_partial(source: &Source) -> (Option<Recipe>, Diagnostics) {
         ),
         None => {
             diags.push(source.error(0..0, "recipe", "missing section [recipe]"));
-            (None, Locs::default())
+            let at_start = Locs {
+                file: source.path.clone(),
+                key: "recipe".to_string(),
+                at: (1, 1),
+                keys: BTreeMap::new(),
+            };
+            (None, at_start)
         }
     };
     let mut parameters = BTreeMap::new();
