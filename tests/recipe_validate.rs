@@ -1,5 +1,6 @@
-//! Recipe validation: every problem reported at once, each at its exact file:line:col, before any
-//! instrument is touched (these tests have no instruments at all: the embedded demo bench).
+//! Recipe validation (every problem reported at once, each at its exact file:line:col, before any
+//! instrument is touched) and instrument-free runs on a paused clock: no instruments at all here,
+//! only the embedded demo bench's drivers.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -265,4 +266,61 @@ duration = "1s"
         problems(text, &[]),
         "bad.toml:8:1: steps[0].range: range 10 to 0 by 1 is empty, endless or longer than 10000 values"
     );
+}
+
+/// The engine waits on tokio's clock, so a recipe with hour-long waits runs in a test with a
+/// paused clock (no instruments involved: a wait and computed values only).
+#[tokio::test(start_paused = true)]
+async fn hour_long_waits_on_a_paused_clock() {
+    use labgate::recipe::RunSpec;
+    use labgate::store::{RunVerdict, Store};
+    let (_, station) = demo_station();
+    let text = r#"[recipe]
+name = "slow"
+
+[parameters.soak]
+unit = "h"
+default = 2.0
+
+[[steps]]
+kind = "wait"
+name = "soak"
+duration = "soak"
+timeout = "3h"
+
+[[steps]]
+kind = "compute"
+output = "soak_s"
+expr = "soak * 3600"
+unit = "s"
+limit = { nominal = 7200, tolerance = 0.001 }
+"#;
+    let recipe = load::parse(&Source::new("slow.toml", text)).unwrap();
+    let params = recipe::validate(&recipe, &station, &BTreeMap::new()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("r.db")).unwrap();
+    let spec = RunSpec {
+        recipe,
+        station,
+        params,
+        dut: "P".into(),
+        operator: String::new(),
+    };
+    let started = std::time::Instant::now();
+    let t0 = tokio::time::Instant::now();
+    let o = recipe::run(
+        &spec,
+        &BTreeMap::new(),
+        &store,
+        None,
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(o.verdict, RunVerdict::Pass);
+    assert!(
+        t0.elapsed() >= std::time::Duration::from_secs(7200),
+        "the clock moved 2 h"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
 }
