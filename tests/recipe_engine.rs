@@ -850,3 +850,23 @@ async fn thermal_example_runs_to_a_pass() {
     assert_eq!(ran.measurement("tc_101").unit, "degC");
     assert!(!env.sim.plant.output_on());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_cleanup_step_is_recorded_and_the_rest_of_cleanup_runs() {
+    let env = env().await;
+    let text = format!(
+        r#"{HEAD}
+[[cleanup]]
+kind = "wait"
+name = "stuck"
+duration = "10s"
+timeout = "20ms"
+{CLEANUP}"#
+    );
+    let ran = run_text(&env, &text).await;
+    assert_eq!(ran.step("stuck").status, Some(StepStatus::Error));
+    assert_eq!(ran.step("off").status, Some(StepStatus::Pass));
+    assert!(!env.sim.plant.output_on());
+    // The steps passed, but the bench was not put back cleanly.
+    assert_eq!(ran.outcome.verdict, RunVerdict::Error);
+}
