@@ -708,6 +708,27 @@ duration = "60s"
         err.to_string(),
         "instrument `src1` is in use by recipe `long` for DUT SN-TEST on station `demo`"
     );
+    // Asked to queue, a third run waits for the first to end, then runs.
+    let short = long.replace("duration = \"60s\"", "duration = \"10ms\"");
+    let third = spec(&env, &env.dir.path().join("short.toml"), &short, &[]);
+    let (qtx, mut qrx) = mpsc::unbounded_channel();
+    let hooks = recipe::Hooks {
+        progress: Some(qtx),
+        locks: Some(locks.clone()),
+        queue: true,
+        ..recipe::Hooks::default()
+    };
+    let (store, instruments) = (env.store.clone(), env.gw.instruments.clone());
+    let queued =
+        tokio::spawn(async move { recipe::run_with(&third, &instruments, &store, hooks).await });
+    let first_event = tokio::time::timeout(Duration::from_secs(10), qrx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(&first_event, Progress::Queued { instrument, .. } if instrument == "src1"),
+        "{first_event:?}"
+    );
     abort.cancel();
     let outcome = tokio::time::timeout(Duration::from_secs(10), task)
         .await
@@ -715,7 +736,14 @@ duration = "60s"
         .unwrap()
         .unwrap();
     assert_eq!(outcome.verdict, RunVerdict::Aborted);
-    assert_eq!(locks.holder("src1"), None, "released when the run ended");
+    let after = tokio::time::timeout(Duration::from_secs(10), queued)
+        .await
+        .expect("the queued run starts once the first ends")
+        .unwrap()
+        .unwrap();
+    assert_eq!(after.verdict, RunVerdict::Pass);
+    assert!(after.run > outcome.run);
+    assert_eq!(locks.holder("src1"), None, "released when the runs ended");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -106,6 +106,7 @@ pub async fn run(bench: Bench, args: RunArgs) -> ExitCode {
         abort,
         confirm: Some(confirm_tx),
         locks: None,
+        queue: false,
     };
     let result = recipe::run_with(&spec, &gw.instruments, &store, hooks).await;
     let _ = printer.await;
@@ -178,6 +179,9 @@ fn unit(u: &str) -> String {
 /// One line per event, so the display works in a log file as well as a terminal.
 pub fn progress_line(p: &Progress) -> String {
     match p {
+        Progress::Queued { instrument, holder } => {
+            format!("waiting for `{instrument}`, in use by {holder}")
+        }
         Progress::RunStarted { run, recipe } => format!("run {run}: {recipe}"),
         Progress::StepStarted { index, name, kind } => format!("[{index}] {name} ({kind})"),
         Progress::Stabilizing {

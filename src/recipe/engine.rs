@@ -31,6 +31,11 @@ use crate::store::{
 /// What a live display (CLI now, HTTP/SSE later) is told while a run goes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Progress {
+    /// Waiting for another run to release an instrument (before the run is filed).
+    Queued {
+        instrument: String,
+        holder: String,
+    },
     RunStarted {
         run: RunId,
         recipe: String,
@@ -126,8 +131,10 @@ pub struct Hooks {
     /// Where `confirm` steps ask; without it a `confirm` step is an error.
     pub confirm: Option<mpsc::Sender<ConfirmRequest>>,
     /// Instrument ownership shared with other runs of this process; the run is refused when
-    /// one of its instruments is held.
+    /// one of its instruments is held...
     pub locks: Option<super::locks::Locks>,
+    /// ...or waits in line until they are free (an abort gives up waiting).
+    pub queue: bool,
 }
 
 /// Run `spec` on `instruments` (by instrument id; every instrument of the station's roles must
@@ -159,6 +166,7 @@ pub async fn run_with(
         abort,
         confirm,
         locks,
+        queue,
     } = hooks;
     let mut by_role = BTreeMap::new();
     for (role, (id, _)) in &spec.station.roles {
@@ -189,7 +197,19 @@ pub async fn run_with(
                 "recipe `{}` for DUT {} on station `{}`",
                 spec.recipe.meta.name, spec.dut, spec.station.name
             );
-            Some(l.try_acquire(&ids, &holder)?)
+            match l.try_acquire(&ids, &holder) {
+                Ok(g) => Some(g),
+                Err(busy) if queue => {
+                    if let Some(tx) = &progress {
+                        let _ = tx.send(Progress::Queued {
+                            instrument: busy.instrument.clone(),
+                            holder: busy.holder.clone(),
+                        });
+                    }
+                    Some(l.acquire(&ids, &holder, &abort).await?)
+                }
+                Err(busy) => return Err(busy.into()),
+            }
         }
         None => None,
     };

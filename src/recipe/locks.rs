@@ -1,7 +1,8 @@
 //! Instrument ownership: an instrument belongs to one run at a time.
 //!
 //! A second run that needs a held instrument is refused with a message naming the holder, before
-//! it touches anything. Background polls do not take locks: they keep reading between a run's
+//! it touches anything, or, if it asks to, waits in line until the instruments are free.
+//! Background polls do not take locks: they keep reading between a run's
 //! requests (the link task serializes them).
 
 use std::collections::BTreeMap;
@@ -18,6 +19,7 @@ pub struct Busy {
 #[derive(Debug, Clone, Default)]
 pub struct Locks {
     held: Arc<Mutex<BTreeMap<String, String>>>,
+    released: Arc<tokio::sync::Notify>,
 }
 
 /// Releases its instruments when dropped.
@@ -50,6 +52,30 @@ impl Locks {
         })
     }
 
+    /// Take every instrument in `ids`, waiting for their holders to finish. Gives up with the
+    /// current holder when `give_up` is cancelled first.
+    pub async fn acquire(
+        &self,
+        ids: &[String],
+        holder: &str,
+        give_up: &tokio_util::sync::CancellationToken,
+    ) -> Result<Guard, Busy> {
+        loop {
+            // Registered before trying, so a release between the try and the wait is not missed.
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            let busy = match self.try_acquire(ids, holder) {
+                Ok(g) => return Ok(g),
+                Err(b) => b,
+            };
+            tokio::select! {
+                _ = &mut released => {}
+                _ = give_up.cancelled() => return Err(busy),
+            }
+        }
+    }
+
     /// Who holds `id`, if anyone.
     pub fn holder(&self, id: &str) -> Option<String> {
         let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
@@ -63,6 +89,8 @@ impl Drop for Guard {
         for id in &self.ids {
             held.remove(id);
         }
+        drop(held);
+        self.locks.released.notify_waiters();
     }
 }
 
