@@ -19,6 +19,7 @@ pub mod link;
 pub mod modbus;
 pub mod poll;
 pub mod reading;
+pub mod recipe;
 pub mod scpi;
 pub mod sim;
 pub mod store;

@@ -15,6 +15,8 @@ use crate::modbus::ops::{ModbusOp, ModbusReply};
 use crate::modbus::value::{self as mv, Decoded, Table, ValueType, WordOrder};
 use crate::reading::Reading;
 
+mod results;
+mod run;
 mod sim;
 
 /// labgate: instrument gateway for product-quality test benches.
@@ -71,6 +73,13 @@ pub enum Command {
     },
     /// Show the state of every link of the bench after one connection attempt.
     Links,
+    /// Run a test recipe on a station: `labgate run lamp.toml --station demo --dut SN1`.
+    Run(run::RunArgs),
+    /// Runs and measurements in the results store.
+    Results {
+        #[command(subcommand)]
+        cmd: results::ResultsCmd,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -201,6 +210,13 @@ async fn run(cli: Cli) -> ExitCode {
                 if !bench.warnings.is_empty() {
                     eprintln!("{}", bench.warnings);
                 }
+                let (n, recipe_diags) = crate::recipe::check_dir(&bench.paths.recipes, &bench);
+                if recipe_diags.has_errors() {
+                    eprintln!("{recipe_diags}");
+                    eprintln!("error: {} problem(s) in the recipes", recipe_diags.len());
+                    return ExitCode::from(1);
+                }
+                println!("ok: {n} recipes ({})", bench.paths.recipes.display());
                 println!(
                     "ok: {} links, {} instruments, {} stations, {} polls, {} drivers ({})",
                     bench.links.len(),
@@ -212,6 +228,14 @@ async fn run(cli: Cli) -> ExitCode {
                 );
                 ExitCode::SUCCESS
             }
+            Err(code) => code,
+        },
+        Command::Run(args) => match load_bench(&cli.config) {
+            Ok(bench) => run::run(bench, args).await,
+            Err(_) => ExitCode::from(2),
+        },
+        Command::Results { cmd } => match load_bench(&cli.config) {
+            Ok(bench) => results::run(bench, cmd).await,
             Err(code) => code,
         },
         Command::Links => {
