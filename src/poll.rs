@@ -78,7 +78,11 @@ pub fn spawn(
         let names: Vec<&str> = quantities.iter().map(|s| s.as_str()).collect();
         loop {
             tick.tick().await;
-            match instrument.read(&names).await {
+            let started = std::time::Instant::now();
+            let result = instrument.read(&names).await;
+            let outcome = crate::metrics::outcome(&result.as_ref().map(|_| ()));
+            crate::metrics::observe_request(instrument.id(), outcome, started.elapsed());
+            match result {
                 Ok(readings) => latest.record(instrument.id(), &readings),
                 Err(e) => {
                     tracing::debug!(instrument = %instrument.id(), error = %e, "poll failed");
