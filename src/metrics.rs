@@ -185,6 +185,10 @@ pub fn render_state(gateway: &Gateway, latest: &Latest) -> String {
         }
     }
     for (family, lines) in families {
+        let _ = writeln!(
+            out,
+            "# HELP {family} Latest polled reading, in the base unit its name ends with"
+        );
         let _ = writeln!(out, "# TYPE {family} gauge");
         for l in lines {
             out.push_str(&l);
