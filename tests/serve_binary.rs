@@ -138,3 +138,61 @@ async fn serve_refuses_non_loopback_without_token() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not a loopback address"), "{err}");
 }
+
+#[tokio::test]
+async fn serve_notifies_systemd_ready_and_watchdog() {
+    let sim = labgate::sim::bench::start(SimBenchConfig::ephemeral())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("labgate.toml");
+    std::fs::write(&cfg, demo_config_text(&sim, dir.path(), "")).unwrap();
+    // Stand in for systemd's notification socket.
+    let sock_path = dir.path().join("notify.sock");
+    let sock = tokio::net::UnixDatagram::bind(&sock_path).unwrap();
+    let addr = free_port();
+    let mut child = tokio::process::Command::new(common::labgate_bin())
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .args(["--listen", &addr.to_string()])
+        .env("NOTIFY_SOCKET", &sock_path)
+        // 400 ms watchdog: pings every 200 ms.
+        .env("WATCHDOG_USEC", "400000")
+        .env_remove("WATCHDOG_PID")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while !(seen.iter().any(|m| m == "READY=1")
+        && seen.iter().filter(|m| *m == "WATCHDOG=1").count() >= 2)
+    {
+        let n = tokio::time::timeout(WAIT, sock.recv(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("notifications so far: {seen:?}"))
+            .unwrap();
+        seen.push(String::from_utf8_lossy(&buf[..n]).trim().to_string());
+    }
+    // READY only once the API answers.
+    assert_eq!(get(addr, "/api/v1/health").await.status, 200);
+    signal(&child, libc::SIGTERM);
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    let n = tokio::time::timeout(WAIT, async {
+        loop {
+            let n = sock.recv(&mut buf).await.unwrap();
+            if String::from_utf8_lossy(&buf[..n]).trim() == "STOPPING=1" {
+                return n;
+            }
+        }
+    })
+    .await
+    .expect("STOPPING=1 before exit");
+    assert!(n > 0);
+}
