@@ -133,11 +133,17 @@ pub fn unit_family(unit: &str) -> Option<(&'static str, f64)> {
     })
 }
 
-/// Escape a label value per the exposition format.
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// Escape a label value per the exposition format (borrowed when nothing needs escaping, the
+/// usual case for config names).
+fn label(v: &str) -> std::borrow::Cow<'_, str> {
+    if !v.contains(['\\', '"', '\n']) {
+        return std::borrow::Cow::Borrowed(v);
+    }
+    std::borrow::Cow::Owned(
+        v.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n"),
+    )
 }
 
 /// Render the state series (instrument up, link reconnects, latest readings).
@@ -165,35 +171,32 @@ pub fn render_state(gateway: &Gateway, latest: &Latest) -> String {
         );
     }
     // Group by family so each family's samples follow its one TYPE line.
-    let mut families: std::collections::BTreeMap<&'static str, Vec<String>> = Default::default();
-    for id in gateway.instruments.keys() {
-        for (q, r) in latest.of(id) {
-            let Some((family, factor)) = unit_family(&r.unit) else {
-                continue;
-            };
-            // Invalid markers, texts and lists are not numbers and are not exported.
-            let v = match &r.value {
-                Value::Number(v) if v.is_finite() => *v * factor,
-                Value::Bool(b) => f64::from(u8::from(*b)),
-                _ => continue,
-            };
-            families.entry(family).or_default().push(format!(
-                "{family}{{instrument=\"{}\",quantity=\"{}\"}} {v}",
-                label(id),
-                label(&q)
-            ));
-        }
-    }
+    let mut families: std::collections::BTreeMap<&'static str, String> = Default::default();
+    latest.visit(|id, r| {
+        let Some((family, factor)) = unit_family(&r.unit) else {
+            return;
+        };
+        // Invalid markers, texts and lists are not numbers and are not exported.
+        let v = match &r.value {
+            Value::Number(v) if v.is_finite() => *v * factor,
+            Value::Bool(b) => f64::from(u8::from(*b)),
+            _ => return,
+        };
+        let lines = families.entry(family).or_default();
+        let _ = writeln!(
+            lines,
+            "{family}{{instrument=\"{}\",quantity=\"{}\"}} {v}",
+            label(id),
+            label(&r.quantity)
+        );
+    });
     for (family, lines) in families {
         let _ = writeln!(
             out,
             "# HELP {family} Latest polled reading, in the base unit its name ends with"
         );
         let _ = writeln!(out, "# TYPE {family} gauge");
-        for l in lines {
-            out.push_str(&l);
-            out.push('\n');
-        }
+        out.push_str(&lines);
     }
     out
 }

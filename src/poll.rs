@@ -48,6 +48,16 @@ impl Latest {
         g.readings.get(instrument).cloned().unwrap_or_default()
     }
 
+    /// Visit every latest reading under one read lock, copying nothing (for /metrics).
+    pub fn visit(&self, mut f: impl FnMut(&str, &Reading)) {
+        let g = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        for (instrument, readings) in &g.readings {
+            for r in readings.values() {
+                f(instrument, r);
+            }
+        }
+    }
+
     pub fn last_error(&self, instrument: &str) -> Option<(SystemTime, String)> {
         let g = self.inner.read().unwrap_or_else(|p| p.into_inner());
         g.errors.get(instrument).cloned()
