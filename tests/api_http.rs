@@ -125,6 +125,8 @@ async fn bad_input_is_a_problem_4xx() {
     let d = get(a, "/api/v1/instruments/nope").await.problem(404);
     assert!(d.contains("nope") && d.contains("pa1"), "{d}");
     get(a, "/api/v1/nothing-here").await.problem(404);
+    // A path segment that is not UTF-8: axum's rejection, reshaped as a problem.
+    get(a, "/api/v1/instruments/%FF").await.problem(400);
     get(a, "/api/v1/instruments/pa1/read").await.problem(405);
     post_json(
         a,
@@ -247,4 +249,29 @@ async fn openapi_document_describes_the_routes() {
         assert!(doc["paths"].get(p).is_some(), "missing {p}");
     }
     assert!(doc["components"]["schemas"].get("Problem").is_some());
+}
+
+#[tokio::test]
+async fn ready_is_503_json_while_a_link_is_down() {
+    let s = serve("").await;
+    let addr = s.addr;
+    // Replace the config with one whose chamber link points at a closed port.
+    let dir = tempfile::tempdir().unwrap();
+    let text = demo_config_text(&s.sim, dir.path(), "")
+        .replace(&format!("port = {}", s.sim.modbus.port()), "port = 1");
+    s.state
+        .replace(labgate::daemon::Live::start(load_text(dir.path(), &text)));
+    let body = eventually("a down link", || async {
+        let r = get(addr, "/api/v1/ready").await;
+        (r.status == 503 && r.json()["links"]["pa_link"] == "connected").then_some(r)
+    })
+    .await;
+    assert!(
+        body.header("content-type")
+            .unwrap()
+            .starts_with("application/json")
+    );
+    let j = body.json();
+    assert_eq!(j["ready"], false);
+    assert_ne!(j["links"]["plc_link"], "connected");
 }

@@ -143,8 +143,33 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::map_response(problem_everywhere))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
+}
+
+/// axum's own rejections (a path segment that is not valid UTF-8, ...) answer in plain text;
+/// turn every error response that is not a problem yet into one, so clients parse one shape.
+async fn problem_everywhere(resp: Response) -> Response {
+    let status = resp.status();
+    // Only plain-text or empty bodies: a JSON error body (a problem, /ready's 503) is ours.
+    let plain = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_none_or(|v| v.as_bytes().starts_with(b"text/plain"));
+    if !(status.is_client_error() || status.is_server_error()) || !plain {
+        return resp;
+    }
+    let body = axum::body::to_bytes(resp.into_body(), BODY_LIMIT)
+        .await
+        .unwrap_or_default();
+    let detail = String::from_utf8_lossy(&body).trim().to_string();
+    let detail = if detail.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_lowercase()
+    } else {
+        detail
+    };
+    Problem::new(status, "bad-request", detail).into_response()
 }
 
 async fn not_found(req: Request) -> Problem {
