@@ -223,8 +223,9 @@ async fn serve(opts: ServeOptions) -> Result<(), DaemonError> {
     notify(&[NotifyState::Ready]);
     let watchdog = sd_notify::watchdog_enabled().map(|period| {
         tokio::spawn(async move {
-            // Ping at half the period, as sd_watchdog_enabled(3) advises.
-            let mut tick = tokio::time::interval(period / 2);
+            // Ping at half the period, as sd_watchdog_enabled(3) advises (never a zero period,
+            // which tokio refuses).
+            let mut tick = tokio::time::interval((period / 2).max(Duration::from_millis(1)));
             loop {
                 tick.tick().await;
                 notify(&[NotifyState::Watchdog]);

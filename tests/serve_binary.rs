@@ -137,6 +137,28 @@ async fn serve_refuses_non_loopback_without_token() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not a loopback address"), "{err}");
+
+    // A config with a problem: nothing starts, the problem is printed with its position.
+    std::fs::write(
+        &cfg,
+        "[links.x]\nprotocol = \"scpi\"\nkind = \"tcp\"\nhost = 5\n",
+    )
+    .unwrap();
+    let out = tokio::time::timeout(
+        WAIT,
+        tokio::process::Command::new(common::labgate_bin())
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("labgate.toml:4:"), "{err}");
 }
 
 #[tokio::test]
