@@ -199,6 +199,13 @@ async fn bad_input_is_a_problem_4xx() {
     post_json(a, "/api/v1/instruments/pa1/scpi", r#"{"command": "*IDN?"}"#)
         .await
         .problem(403);
+    post_json(
+        a,
+        "/api/v1/instruments/chamber1/modbus",
+        r#"{"op": "read", "table": "holding", "address": 2730, "count": 1}"#,
+    )
+    .await
+    .problem(403);
 }
 
 #[tokio::test]
@@ -226,8 +233,60 @@ async fn token_guards_mutating_endpoints() {
         "{}",
         r.body
     );
+    // Raw Modbus: the chamber's mode register, as the driver's `mode` quantity reads it.
+    let mode = eventually("chamber link up", || async {
+        let r = post_json_auth(
+            a,
+            "/api/v1/instruments/chamber1/read",
+            r#"{"quantities":["mode"]}"#,
+            &right,
+        )
+        .await;
+        (r.status == 200).then_some(r)
+    })
+    .await;
+    let mode = mode.json()["readings"][0]["value"].as_f64().unwrap();
+    let r = post_json_auth(
+        a,
+        "/api/v1/instruments/chamber1/modbus",
+        r#"{"op": "read", "table": "holding", "address": 2730, "count": 1}"#,
+        &right,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["words"][0].as_f64(), Some(mode));
+    post_json_auth(
+        a,
+        "/api/v1/instruments/chamber1/modbus",
+        r#"{"op": "read", "table": "holding", "address": 2730, "count": 0}"#,
+        &right,
+    )
+    .await
+    .problem(422);
+    post_json_auth(
+        a,
+        "/api/v1/instruments/chamber1/modbus",
+        r#"{"op": "explode"}"#,
+        &right,
+    )
+    .await
+    .problem(422);
     // Reads of state stay open.
     assert_eq!(get(a, "/api/v1/instruments").await.status, 200);
+}
+
+async fn post_json_auth(a: std::net::SocketAddr, path: &str, body: &str, auth: &str) -> Resp {
+    http(
+        a,
+        "POST",
+        path,
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", auth),
+        ],
+        body.as_bytes(),
+    )
+    .await
 }
 
 #[tokio::test]

@@ -16,6 +16,8 @@ use super::{AppState, Problem};
 use crate::config::InstrumentDef;
 use crate::instrument::{Instrument, InstrumentError};
 use crate::link::{LinkState, LinkStatus};
+use crate::modbus::ops::{ModbusOp, ModbusReply};
+use crate::modbus::value::Table;
 use crate::reading::{Reading, Value};
 
 /// Most quantities one read request may name (a read is one link transaction per block).
@@ -456,13 +458,7 @@ pub async fn scpi_raw(
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ScpiResponse>, Problem> {
-    if !state.live().bench.api.allow_raw {
-        return Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "raw-disabled",
-            "raw SCPI passthrough is off; set api.allow_raw = true in the config to enable it",
-        ));
-    }
+    raw_allowed(&state)?;
     let inst = instrument(&state, &id)?;
     let req: ScpiRequest = Problem::parse_json(&body?)?;
     if req.command.trim().is_empty() || req.command.contains(['\n', '\r']) {
@@ -475,6 +471,116 @@ pub async fn scpi_raw(
         instrument: id,
         reply,
     }))
+}
+
+/// One raw Modbus transaction; addresses are 0-based protocol addresses.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ModbusRequest {
+    Read {
+        /// `holding`, `input`, `coil` or `discrete_input`.
+        #[schema(value_type = String)]
+        table: Table,
+        address: u16,
+        count: u16,
+    },
+    WriteCoil {
+        address: u16,
+        value: bool,
+    },
+    WriteRegister {
+        address: u16,
+        value: u16,
+    },
+    WriteRegisters {
+        address: u16,
+        values: Vec<u16>,
+    },
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModbusResponse {
+    pub instrument: String,
+    /// Registers read (holding, input).
+    pub words: Option<Vec<u16>>,
+    /// Bits read (coil, discrete input).
+    pub bits: Option<Vec<bool>>,
+}
+
+/// The protocol's own per-request limits (Modbus application protocol V1.1b3, 6.1-6.12).
+fn modbus_op(req: ModbusRequest) -> Result<ModbusOp, Problem> {
+    let bits = |t: Table| matches!(t, Table::Coil | Table::DiscreteInput);
+    Ok(match req {
+        ModbusRequest::Read {
+            table,
+            address,
+            count,
+        } => {
+            let max = if bits(table) { 2000 } else { 125 };
+            if count == 0 || count > max {
+                return Err(Problem::unprocessable(format!(
+                    "`count` must be 1..={max} for table {table:?}"
+                )));
+            }
+            ModbusOp::Read {
+                table,
+                address,
+                count,
+            }
+        }
+        ModbusRequest::WriteCoil { address, value } => ModbusOp::WriteCoil { address, value },
+        ModbusRequest::WriteRegister { address, value } => {
+            ModbusOp::WriteRegister { address, value }
+        }
+        ModbusRequest::WriteRegisters { address, values } => {
+            if values.is_empty() || values.len() > 123 {
+                return Err(Problem::unprocessable(
+                    "`values` must hold 1..=123 registers",
+                ));
+            }
+            ModbusOp::WriteRegisters { address, values }
+        }
+    })
+}
+
+/// Raw Modbus passthrough; only when the config sets `api.allow_raw = true`.
+#[utoipa::path(post, path = "/api/v1/instruments/{id}/modbus",
+    params(("id" = String, Path, description = "instrument id")),
+    request_body = ModbusRequest,
+    security((), ("bearer" = [])),
+    responses((status = 200, body = ModbusResponse), (status = 403, body = Problem, description = "raw access disabled"),
+        (status = 404, body = Problem), (status = 409, body = Problem, description = "modbus exception"),
+        (status = 422, body = Problem)))]
+pub async fn modbus_raw(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<ModbusResponse>, Problem> {
+    raw_allowed(&state)?;
+    let inst = instrument(&state, &id)?;
+    let op = modbus_op(Problem::parse_json(&body?)?)?;
+    let reply = observed(&inst, inst.modbus_raw(op)).await?;
+    let (words, bits) = match reply {
+        ModbusReply::Words(w) => (Some(w), None),
+        ModbusReply::Bits(b) => (None, Some(b)),
+        ModbusReply::Written => (None, None),
+    };
+    Ok(Json(ModbusResponse {
+        instrument: id,
+        words,
+        bits,
+    }))
+}
+
+fn raw_allowed(state: &AppState) -> Result<(), Problem> {
+    if state.live().bench.api.allow_raw {
+        return Ok(());
+    }
+    Err(Problem::new(
+        StatusCode::FORBIDDEN,
+        "raw-disabled",
+        "raw passthrough is off; set api.allow_raw = true in the config to enable it",
+    ))
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -5,6 +5,8 @@
 //! serve it on an ephemeral port. The OpenAPI document is generated from the handlers'
 //! annotations ([`ApiDoc`]) so it cannot drift from the routes.
 //!
+//! Raw SCPI/Modbus passthrough answers 403 unless the config sets `api.allow_raw = true`.
+//!
 //! Auth: read-only endpoints are open. Mutating endpoints (POST) need `Authorization: Bearer
 //! <api.token>` whenever a token is configured, and always when the daemon listens on a
 //! non-loopback address (it refuses to start there without a token).
@@ -103,6 +105,7 @@ impl AppState {
         handlers::read,
         handlers::act,
         handlers::scpi_raw,
+        handlers::modbus_raw,
         handlers::list_stations,
     ),
     components(schemas(Problem)),
@@ -129,6 +132,7 @@ pub fn router(state: AppState) -> Router {
         .route("/instruments/{id}/read", post(handlers::read))
         .route("/instruments/{id}/actions/{action}", post(handlers::act))
         .route("/instruments/{id}/scpi", post(handlers::scpi_raw))
+        .route("/instruments/{id}/modbus", post(handlers::modbus_raw))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     let v1 = Router::new()
         .route("/health", get(handlers::health))
