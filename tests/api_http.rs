@@ -107,7 +107,21 @@ async fn read_and_act_reach_the_instruments() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["readings"][0]["unit"], "degC");
 
-    // Off again through an action without a body's args.
+    // A triggered measurement: the sphere's spectrum with the lamp lit.
+    let r = post_json(
+        s.addr,
+        "/api/v1/instruments/sphere1/measurements/spectrum",
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let readings = r.json()["readings"].as_array().unwrap().clone();
+    assert!(readings.iter().any(|r| r["unit"] == "lm"), "{readings:?}");
+    post_json(s.addr, "/api/v1/instruments/sphere1/measurements/nope", "")
+        .await
+        .problem(404);
+
+    // Off again.
     let r = post_json(
         s.addr,
         "/api/v1/instruments/src1/actions/output",
@@ -303,6 +317,8 @@ async fn openapi_document_describes_the_routes() {
         "/api/v1/instruments/{id}",
         "/api/v1/instruments/{id}/read",
         "/api/v1/instruments/{id}/actions/{action}",
+        "/api/v1/instruments/{id}/measurements/{name}",
+        "/api/v1/instruments/{id}/modbus",
         "/api/v1/stations",
     ] {
         assert!(doc["paths"].get(p).is_some(), "missing {p}");

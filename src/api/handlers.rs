@@ -432,6 +432,42 @@ pub async fn act(
     }))
 }
 
+/// Run a triggered measurement (start, wait for completion, fetch) and return its readings.
+/// Takes as long as the instrument needs, bounded by the driver's wait.
+#[utoipa::path(post, path = "/api/v1/instruments/{id}/measurements/{name}",
+    params(("id" = String, Path, description = "instrument id"),
+           ("name" = String, Path, description = "measurement name of the driver")),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, body = ReadResponse),
+        (status = 404, body = Problem, description = "unknown instrument or measurement"),
+        (status = 502, body = Problem), (status = 503, body = Problem), (status = 504, body = Problem)))]
+pub async fn measure(
+    State(state): State<AppState>,
+    Path((id, name)): Path<(String, String)>,
+) -> Result<Json<ReadResponse>, Problem> {
+    let inst = instrument(&state, &id)?;
+    if !inst.driver().file.measurements.contains_key(&name) {
+        let known: Vec<&str> = inst
+            .driver()
+            .file
+            .measurements
+            .keys()
+            .map(|s| s.as_str())
+            .collect();
+        return Err(Problem::not_found(format!(
+            "instrument {id}: no measurement `{name}` (driver {} has: {})",
+            inst.driver().name(),
+            known.join(", ")
+        )));
+    }
+    let readings = observed(&inst, inst.measure(&name)).await?;
+    Ok(Json(ReadResponse {
+        instrument: id,
+        readings: readings.iter().map(ReadingOut::from).collect(),
+    }))
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScpiRequest {

@@ -104,6 +104,7 @@ impl AppState {
         handlers::get_instrument,
         handlers::read,
         handlers::act,
+        handlers::measure,
         handlers::scpi_raw,
         handlers::modbus_raw,
         handlers::list_stations,
@@ -131,6 +132,10 @@ pub fn router(state: AppState) -> Router {
     let mutating = Router::new()
         .route("/instruments/{id}/read", post(handlers::read))
         .route("/instruments/{id}/actions/{action}", post(handlers::act))
+        .route(
+            "/instruments/{id}/measurements/{name}",
+            post(handlers::measure),
+        )
         .route("/instruments/{id}/scpi", post(handlers::scpi_raw))
         .route("/instruments/{id}/modbus", post(handlers::modbus_raw))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
