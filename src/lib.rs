@@ -7,15 +7,19 @@
 //! - [`instrument`]: a driver bound to a link; reads quantities and runs actions.
 //! - [`config`]: the bench description; [`diag`] reports problems with file:line:col.
 //! - [`sim`]: built-in simulated instruments for demos and tests.
+//! - [`daemon`], [`api`], [`metrics`]: `labgate serve`, its HTTP API and `/metrics`.
 //! - [`cli`]: the `labgate` command line.
 
+pub mod api;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod diag;
 pub mod driver;
 pub mod gateway;
 pub mod instrument;
 pub mod link;
+pub mod metrics;
 pub mod modbus;
 pub mod poll;
 pub mod reading;

@@ -48,6 +48,16 @@ impl Latest {
         g.readings.get(instrument).cloned().unwrap_or_default()
     }
 
+    /// Visit every latest reading under one read lock, copying nothing (for /metrics).
+    pub fn visit(&self, mut f: impl FnMut(&str, &Reading)) {
+        let g = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        for (instrument, readings) in &g.readings {
+            for r in readings.values() {
+                f(instrument, r);
+            }
+        }
+    }
+
     pub fn last_error(&self, instrument: &str) -> Option<(SystemTime, String)> {
         let g = self.inner.read().unwrap_or_else(|p| p.into_inner());
         g.errors.get(instrument).cloned()
@@ -78,7 +88,11 @@ pub fn spawn(
         let names: Vec<&str> = quantities.iter().map(|s| s.as_str()).collect();
         loop {
             tick.tick().await;
-            match instrument.read(&names).await {
+            let started = std::time::Instant::now();
+            let result = instrument.read(&names).await;
+            let outcome = crate::metrics::outcome(&result.as_ref().map(|_| ()));
+            crate::metrics::observe_request(instrument.id(), outcome, started.elapsed());
+            match result {
                 Ok(readings) => latest.record(instrument.id(), &readings),
                 Err(e) => {
                     tracing::debug!(instrument = %instrument.id(), error = %e, "poll failed");

@@ -17,6 +17,7 @@ use crate::reading::Reading;
 
 mod results;
 mod run;
+mod serve;
 mod sim;
 
 /// labgate: instrument gateway for product-quality test benches.
@@ -38,6 +39,8 @@ pub struct Cli {
 pub enum Command {
     /// Serve simulated instruments on loopback (and optionally on pseudo-terminals).
     Sim(sim::SimArgs),
+    /// Run the daemon: links, polls, HTTP API and /metrics (no --config: the demo with simulators).
+    Serve(serve::ServeArgs),
     /// Validate the config and every driver file; print every problem and exit 1 if any.
     Check,
     /// Read quantities from an instrument.
@@ -150,6 +153,9 @@ fn parse_order(s: &str) -> Result<WordOrder, String> {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Serve(a) = &cli.command {
+        serve::init_logging(a, &cli.log);
+    }
     init_logging(&cli.log);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -205,6 +211,7 @@ fn load_bench(path: &Option<PathBuf>) -> Result<Bench, ExitCode> {
 async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Sim(args) => sim::run(args).await,
+        Command::Serve(args) => serve::run(cli.config, args).await,
         Command::Check => match load_bench(&cli.config) {
             Ok(bench) => {
                 if !bench.warnings.is_empty() {

@@ -27,6 +27,7 @@ pub struct Bench {
     pub instruments: BTreeMap<String, InstrumentDef>,
     pub stations: BTreeMap<String, StationConfig>,
     pub polls: Vec<PollConfig>,
+    pub api: ApiConfig,
     pub drivers: DriverSet,
     /// Problems that do not stop the bench (an unused link); print them at startup.
     pub warnings: Diagnostics,
@@ -135,7 +136,7 @@ fn normalize(p: &Path) -> PathBuf {
     out
 }
 
-const TOP_KEYS: &[&str] = &["paths", "links", "instruments", "stations", "polls"];
+const TOP_KEYS: &[&str] = &["paths", "links", "instruments", "stations", "polls", "api"];
 const LINK_COMMON: &[&str] = &[
     "protocol",
     "kind",
@@ -274,6 +275,11 @@ fn check_bench(
         }
     }
 
+    let api: ApiConfig = root
+        .get("api")
+        .and_then(|v| source.decode("api", v, &mut diags))
+        .unwrap_or_default();
+
     let mut cx = Check {
         src: source,
         doc: &doc,
@@ -303,6 +309,7 @@ fn check_bench(
     for (i, p) in &polls {
         cx.check_poll(*i, p, &instruments, &drivers);
     }
+    cx.check_api(&api);
     // From the raw entries, so an instrument with a typo elsewhere still counts as a user.
     let used: BTreeSet<String> = entries(source, &doc, "instruments", &mut Diagnostics::new())
         .into_iter()
@@ -334,6 +341,7 @@ fn check_bench(
         instruments: defs,
         stations,
         polls: polls.into_iter().map(|(_, p)| p).collect(),
+        api,
         drivers,
         warnings: diags,
     })
@@ -474,6 +482,34 @@ struct Check<'a, 'd> {
 }
 
 impl Check<'_, '_> {
+    fn check_api(&mut self, api: &ApiConfig) {
+        if let Some(t) = &api.token
+            && t.trim().len() < 16
+        {
+            // A short token over the network is guessable; refuse it rather than warn.
+            self.err(
+                &["api", "token"],
+                "the token must be at least 16 characters",
+            );
+        }
+        let Some(listen) = &api.listen else {
+            return;
+        };
+        match listen.parse::<std::net::SocketAddr>() {
+            Err(_) => self.err(
+                &["api", "listen"],
+                format!("`{listen}` is not an address:port (e.g. \"127.0.0.1:8470\")"),
+            ),
+            Ok(a) if !a.ip().is_loopback() && api.token.is_none() => self.err(
+                &["api", "listen"],
+                format!(
+                    "{a} is not a loopback address: set api.token so mutating requests need it"
+                ),
+            ),
+            Ok(_) => {}
+        }
+    }
+
     fn err(&mut self, path: &[&str], msg: impl Into<String>) {
         let span = span_of(self.doc, path);
         let mut key = String::new();

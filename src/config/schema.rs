@@ -19,6 +19,23 @@ pub struct ConfigFile {
     pub stations: BTreeMap<String, StationConfig>,
     #[serde(default)]
     pub polls: Vec<PollConfig>,
+    #[serde(default)]
+    pub api: ApiConfig,
+}
+
+/// The daemon's HTTP API (`labgate serve`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address to listen on, e.g. `127.0.0.1:8470`; `--listen` overrides it.
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// Bearer token for mutating endpoints; required when listening on a non-loopback address.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Allow raw SCPI/Modbus passthrough over the API.
+    #[serde(default)]
+    pub allow_raw: bool,
 }
 
 /// Directories, relative to the config file's own directory unless absolute.
