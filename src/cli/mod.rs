@@ -217,13 +217,6 @@ async fn run(cli: Cli) -> ExitCode {
                 if !bench.warnings.is_empty() {
                     eprintln!("{}", bench.warnings);
                 }
-                let (n, recipe_diags) = crate::recipe::check_dir(&bench.paths.recipes, &bench);
-                if recipe_diags.has_errors() {
-                    eprintln!("{recipe_diags}");
-                    eprintln!("error: {} problem(s) in the recipes", recipe_diags.len());
-                    return ExitCode::from(1);
-                }
-                println!("ok: {n} recipes ({})", bench.paths.recipes.display());
                 println!(
                     "ok: {} links, {} instruments, {} stations, {} polls, {} drivers ({})",
                     bench.links.len(),
@@ -233,6 +226,13 @@ async fn run(cli: Cli) -> ExitCode {
                     bench.drivers.len(),
                     bench.source.display()
                 );
+                let (n, recipe_diags) = crate::recipe::check_dir(&bench.paths.recipes, &bench);
+                if recipe_diags.has_errors() {
+                    eprintln!("{recipe_diags}");
+                    eprintln!("error: {} problem(s) in the recipes", recipe_diags.len());
+                    return ExitCode::from(1);
+                }
+                println!("ok: {n} recipes ({})", bench.paths.recipes.display());
                 ExitCode::SUCCESS
             }
             Err(code) => code,

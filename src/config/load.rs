@@ -84,7 +84,8 @@ pub fn load(path: &Path) -> Result<Bench, Diagnostics> {
 }
 
 /// The built-in demo: config/demo.toml and every shipped driver, embedded in the binary.
-/// Data and recipes go to `./data` and `./recipes` under the current directory.
+/// Paths resolve as if `config/demo.toml` were loaded from the current directory: recipes from
+/// `./config/recipes` (the shipped examples when run from a checkout), data to `./data`.
 pub fn demo() -> Result<Bench, Diagnostics> {
     let sources: Vec<Source> = crate::driver::EMBEDDED_DRIVERS
         .iter()
@@ -96,7 +97,7 @@ pub fn demo() -> Result<Bench, Diagnostics> {
     let cwd = std::env::current_dir().unwrap_or_default();
     bench.paths = ResolvedPaths {
         drivers: Vec::new(),
-        recipes: cwd.join("recipes"),
+        recipes: cwd.join("config").join("recipes"),
         data: cwd.join("data"),
     };
     Ok(bench)
