@@ -2,16 +2,22 @@
 //!
 //! Everything is validated before any instrument is touched; exit 0 on pass, 1 on fail, 2 on
 //! error, abort (Ctrl-C, then cleanup runs) or a recipe that does not validate.
+//!
+//! The run's instruments are locked in `<data>/locks` before any is connected (see
+//! [`crate::recipe::locks`]), so the daemon and other `labgate run`s on the same data directory
+//! refuse each other naming the holder; `--queue` waits instead.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Bench;
 use crate::gateway::Gateway;
+use crate::recipe::locks::{Guard, Locks};
 use crate::recipe::{self, Progress, RunSpec, StationView};
 use crate::store::{self, RunVerdict, Store, Verdict};
 
@@ -30,6 +36,10 @@ pub struct RunArgs {
     pub params: Vec<String>,
     #[arg(long, default_value = "")]
     pub operator: String,
+    /// When an instrument is in use by another run (this or another process on the same data
+    /// directory), wait for it instead of giving up.
+    #[arg(long)]
+    pub queue: bool,
 }
 
 const EXIT_FAIL: u8 = 1;
@@ -71,20 +81,14 @@ pub async fn run(bench: Bench, args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_ERROR);
         }
     };
-    let ids: Vec<String> = recipe
+    let mut ids: Vec<String> = recipe
         .meta
         .roles
         .iter()
         .filter_map(|r| station.roles.get(r).map(|(id, _)| id.clone()))
         .collect();
-    let gw = Gateway::start_only(&bench, |id| ids.iter().any(|i| i == id));
-    let spec = RunSpec {
-        recipe,
-        station,
-        params,
-        dut: args.dut.clone(),
-        operator: args.operator.clone(),
-    };
+    ids.sort();
+    ids.dedup();
     let abort = CancellationToken::new();
     let on_signal = abort.clone();
     tokio::spawn(async move {
@@ -93,9 +97,30 @@ pub async fn run(bench: Bench, args: RunArgs) -> ExitCode {
             on_signal.cancel();
         }
     });
+    // Taken before the gateway connects, so a refused run touches no instrument.
+    let holder = format!(
+        "`labgate run` of recipe `{}` for DUT {} on station `{}`",
+        recipe.meta.name, args.dut, station.name
+    );
+    let guard = match take_locks(&bench, &ids, &holder, args.queue, &abort).await {
+        Ok(g) => Arc::new(g),
+        Err(code) => return code,
+    };
+    let gw = Gateway::start_only(&bench, |id| ids.iter().any(|i| i == id));
+    let spec = RunSpec {
+        recipe,
+        station,
+        params,
+        dut: args.dut.clone(),
+        operator: args.operator.clone(),
+    };
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let held = guard.clone();
     let printer = tokio::spawn(async move {
         while let Some(p) = rx.recv().await {
+            if let Progress::RunStarted { run, .. } = &p {
+                held.set_holder(&format!("run {run} ({holder})"));
+            }
             print_progress(&p);
         }
     });
@@ -105,11 +130,13 @@ pub async fn run(bench: Bench, args: RunArgs) -> ExitCode {
         progress: Some(tx),
         abort,
         confirm: Some(confirm_tx),
+        // Already held (`guard`), across processes.
         locks: None,
         queue: false,
     };
     let result = recipe::run_with(&spec, &gw.instruments, &store, hooks).await;
     let _ = printer.await;
+    drop(guard);
     match result {
         Ok(o) => {
             println!(
@@ -126,6 +153,42 @@ pub async fn run(bench: Bench, args: RunArgs) -> ExitCode {
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+/// Take the run's instruments in `<data>/locks`, shared with the daemon and other `labgate run`s
+/// on the same data directory; refused (or, with `queue`, waiting) when one is held.
+async fn take_locks(
+    bench: &Bench,
+    ids: &[String],
+    holder: &str,
+    queue: bool,
+    abort: &CancellationToken,
+) -> Result<Guard, ExitCode> {
+    let dir = Locks::dir_in(&bench.paths.data);
+    let locks = Locks::in_dir(&dir).map_err(|e| {
+        eprintln!(
+            "error: cannot create the lock directory {}: {e}",
+            dir.display()
+        );
+        ExitCode::from(EXIT_ERROR)
+    })?;
+    match locks.try_acquire(ids, holder) {
+        Ok(g) => Ok(g),
+        Err(busy) if queue => {
+            print_progress(&Progress::Queued {
+                instrument: busy.instrument,
+                holder: busy.holder,
+            });
+            locks.acquire(ids, holder, abort).await.map_err(|busy| {
+                eprintln!("error: gave up waiting: {busy}");
+                ExitCode::from(EXIT_ERROR)
+            })
+        }
+        Err(busy) => {
+            eprintln!("error: {busy}; nothing was run (--queue waits for it)");
+            Err(ExitCode::from(EXIT_ERROR))
         }
     }
 }

@@ -130,8 +130,9 @@ pub struct Hooks {
     pub abort: CancellationToken,
     /// Where `confirm` steps ask; without it a `confirm` step is an error.
     pub confirm: Option<mpsc::Sender<ConfirmRequest>>,
-    /// Instrument ownership shared with other runs of this process; the run is refused when
-    /// one of its instruments is held...
+    /// Instrument ownership shared with other runs of this process (and of other processes,
+    /// with [`super::locks::Locks::in_dir`]); the run is refused when one of its instruments is
+    /// held...
     pub locks: Option<super::locks::Locks>,
     /// ...or waits in line until they are free (an abort gives up waiting).
     pub queue: bool,
