@@ -1,5 +1,5 @@
-//! Results store figures: write rate through the handle vs bare rusqlite, query latency on a
-//! large dataset, and run-list paging. Prints figures; asserts nothing.
+//! Results store figures: write rate through the handle vs bare rusqlite, a 1 kHz measurement
+//! stream durable at each step boundary, query latency on a large dataset, and run-list paging. Prints figures; asserts nothing.
 //!
 //! `LABGATE_BENCH_SCALE` (default 1.0) scales every dataset: 1.0 = 1,000,000 measurements over
 //! 20,000 runs, and 100,000 runs for paging; 0.05 is a quick smoke run.
@@ -189,6 +189,183 @@ fn write_rate(rt: &tokio::runtime::Runtime, n: usize) {
         } else {
             "no"
         }
+    );
+}
+
+/// Measurements per step in the 1 kHz stream: a step boundary every 0.1 s.
+const STREAM_STEP: usize = 100;
+
+/// (d) A 1 kHz measurement stream, durable at each step boundary: every measurement awaited
+/// (committed, so safe from a process crash) and each step finished with a WAL sync (safe from
+/// a power cut), first paced at 1 kHz, then as fast as it goes against the same commits and
+/// syncs done bare.
+fn stream(rt: &tokio::runtime::Runtime, secs: f64) {
+    let n = ((secs * 1000.0) as usize).max(STREAM_STEP);
+    println!(
+        "== (d) 1 kHz stream, {n} measurements, {STREAM_STEP} per step, WAL synced at each step end =="
+    );
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    // On the repository's disk, not a tmpfs, so syncs cost what they cost.
+    let dir = tempfile::tempdir_in(root.join("target")).unwrap();
+    let store = Store::open(dir.path().join("stream.db")).unwrap();
+    let (paced, lag, lat) = rt.block_on(async {
+        let run = store.create_run(new_run(0)).await.unwrap();
+        let mut step = store.start_step(run, 0, "s0", "measure").await.unwrap();
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut lat = Vec::with_capacity(n);
+        let mut lag = Duration::ZERO;
+        let t0 = Instant::now();
+        for i in 0..n {
+            let due = tick.tick().await;
+            lag = lag.max(due.elapsed());
+            let t = Instant::now();
+            store.add_measurement(measurement(step, i)).await.unwrap();
+            if (i + 1) % STREAM_STEP == 0 {
+                store
+                    .finish_step(step, StepStatus::Pass, None)
+                    .await
+                    .unwrap();
+                let k = (i + 1) / STREAM_STEP;
+                step = store
+                    .start_step(run, k as i64, &format!("s{k}"), "measure")
+                    .await
+                    .unwrap();
+            }
+            lat.push(t.elapsed());
+        }
+        (n as f64 / t0.elapsed().as_secs_f64(), lag, lat)
+    });
+    let mut lat = lat;
+    lat.sort();
+    println!(
+        "paced at 1 kHz: achieved {paced:.0} /s, worst lag behind schedule {}, per-measurement p50 {} p99 {} max {} (incl. step ends)",
+        ms(lag),
+        ms(percentile(&lat, 0.5)),
+        ms(percentile(&lat, 0.99)),
+        ms(percentile(&lat, 1.0))
+    );
+    println!(
+        "keeps up with 1 kHz: {}",
+        if paced >= 990.0 && lag < Duration::from_millis(100) {
+            "yes"
+        } else {
+            "NO"
+        }
+    );
+
+    // Unpaced, handle vs bare, alternating rounds of 10 steps each.
+    let rounds = 6;
+    let per_round = 10 * STREAM_STEP;
+    let (mut handle_r, mut bare_r, mut batch_r) = (Vec::new(), Vec::new(), Vec::new());
+    let bare_path = dir.path().join("stream-bare.db");
+    drop(Store::open(&bare_path).unwrap());
+    let conn = bare_connection(&bare_path);
+    conn.execute(
+        "INSERT INTO runs (recipe_name, recipe_version, recipe_hash, dut_serial, station, operator,
+                           parameters, started_us, state)
+         VALUES ('r', '1', 'h', 'SN', 'b', 'o', '{}', 0, 'running')",
+        [],
+    )
+    .unwrap();
+    let bare_run = conn.last_insert_rowid();
+    let mut bare_step_idx = 0i64;
+    for _ in 0..rounds {
+        let h = rt.block_on(async {
+            let run = store.create_run(new_run(1)).await.unwrap();
+            let t0 = Instant::now();
+            for k in 0..per_round / STREAM_STEP {
+                let step = store
+                    .start_step(run, k as i64, "s", "measure")
+                    .await
+                    .unwrap();
+                for i in 0..STREAM_STEP {
+                    store.add_measurement(measurement(step, i)).await.unwrap();
+                }
+                store
+                    .finish_step(step, StepStatus::Pass, None)
+                    .await
+                    .unwrap();
+            }
+            per_round as f64 / t0.elapsed().as_secs_f64()
+        });
+        handle_r.push(h);
+        let b = rt.block_on(async {
+            let run = store.create_run(new_run(1)).await.unwrap();
+            let t0 = Instant::now();
+            for k in 0..per_round / STREAM_STEP {
+                let step = store
+                    .start_step(run, k as i64, "s", "measure")
+                    .await
+                    .unwrap();
+                let ms: Vec<_> = (0..STREAM_STEP).map(|i| measurement(step, i)).collect();
+                store.add_measurements(ms).await.unwrap();
+                store
+                    .finish_step(step, StepStatus::Pass, None)
+                    .await
+                    .unwrap();
+            }
+            per_round as f64 / t0.elapsed().as_secs_f64()
+        });
+        batch_r.push(b);
+        // Bare: the same rows, one autocommit each, and a FULL-sync commit at each step end.
+        let t0 = Instant::now();
+        for _ in 0..per_round / STREAM_STEP {
+            bare_step_idx += 1;
+            conn.prepare_cached(
+                "INSERT INTO steps (run_id, idx, name, kind, started_us) VALUES (?1, ?2, 's', 'measure', 0)",
+            )
+            .unwrap()
+            .execute(params![bare_run, bare_step_idx])
+            .unwrap();
+            let step = conn.last_insert_rowid();
+            for i in 0..STREAM_STEP {
+                let m = measurement(StepId(step), i);
+                conn.prepare_cached(
+                    "INSERT INTO measurements (run_id, step_id, name, value, unit, lim_min, lim_max,
+                                               lim_nominal, verdict, taken_us, raw)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pass', ?9, ?10)",
+                )
+                .unwrap()
+                .execute(params![
+                    bare_run,
+                    step,
+                    m.name,
+                    m.value,
+                    m.unit,
+                    m.limits.min,
+                    m.limits.max,
+                    m.limits.nominal,
+                    i as i64,
+                    m.raw
+                ])
+                .unwrap();
+            }
+            conn.execute_batch("PRAGMA synchronous = FULL").unwrap();
+            conn.prepare_cached("UPDATE steps SET status = 'pass', ended_us = 1 WHERE id = ?1")
+                .unwrap()
+                .execute([step])
+                .unwrap();
+            conn.execute_batch("PRAGMA synchronous = NORMAL").unwrap();
+        }
+        bare_r.push(per_round as f64 / t0.elapsed().as_secs_f64());
+    }
+    let med = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let ratios: Vec<f64> = handle_r.iter().zip(&bare_r).map(|(h, b)| h / b).collect();
+    println!(
+        "unpaced, one commit per measurement: handle {:>8.0} /s   bare rusqlite {:>8.0} /s   ratio (per-round median) {:.2}",
+        med(&handle_r),
+        med(&bare_r),
+        med(&ratios)
+    );
+    println!(
+        "unpaced, one add_measurements per step: handle {:>8.0} /s   ({:.1}x the per-measurement handle)",
+        med(&batch_r),
+        med(&batch_r) / med(&handle_r)
     );
 }
 
@@ -555,6 +732,7 @@ fn main() {
         .unwrap();
     println!("LABGATE_BENCH_SCALE = {s}");
     write_rate(&rt, ((20_000.0 * s) as usize).max(1000));
+    stream(&rt, (5.0 * s).max(1.0));
     query_latency(&rt, ((20_000.0 * s) as usize).max(100));
     paging(&rt, ((100_000.0 * s) as usize).max(1000));
 }

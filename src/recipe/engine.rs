@@ -319,8 +319,9 @@ impl Exec {
     }
 
     async fn event(&self, kind: &str, payload: serde_json::Value) {
-        // The event log is for live views; a failed append must not fail the run.
-        if let Err(e) = self.store.add_event(self.run, kind, payload).await {
+        // The event log is for live views: a failed append must not fail the run, and waiting
+        // for each commit would cost every step two writer round trips (benches/recipe.rs).
+        if let Err(e) = self.store.queue_event(self.run, kind, payload) {
             tracing::warn!(run = %self.run, error = %e, "cannot store run event");
         }
     }
