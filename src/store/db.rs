@@ -540,15 +540,58 @@ pub fn events_since(conn: &Connection, run: RunId, after: i64) -> Result<Vec<Eve
     .map_err(sql(OP))
 }
 
+/// Whether a measurement query filtered only by run columns (DUT, recipe) should walk the
+/// measurements newest first, checking each one's run, instead of SQLite's choice: collect every
+/// measurement of the matching runs and sort them. The walk wins when many runs match (a recipe:
+/// a page is full after a few hundred rows, where the sort reads a tenth of the table); the
+/// collection wins when few do (a DUT). Both costs are estimated from the run count that matches
+/// (an index count) and the table sizes (their largest ids).
+fn newest_first(conn: &Connection, f: &MeasurementFilter, limit: usize) -> rusqlite::Result<bool> {
+    if f.name.is_some() || (f.dut.is_none() && f.recipe.is_none()) {
+        // By name, or by time alone, an index already gives the order.
+        return Ok(false);
+    }
+    let mut count = String::from("SELECT count(*) FROM runs WHERE 1 = 1");
+    let mut args: Vec<&dyn ToSql> = Vec::new();
+    if let Some(dut) = &f.dut {
+        args.push(dut);
+        count.push_str(&format!(" AND dut_serial = ?{}", args.len()));
+    }
+    if let Some(recipe) = &f.recipe {
+        args.push(recipe);
+        count.push_str(&format!(" AND recipe_name = ?{}", args.len()));
+    }
+    let matching: i64 = conn
+        .prepare_cached(&count)?
+        .query_row(args.as_slice(), |r| r.get(0))?;
+    let (runs, measurements): (Option<i64>, Option<i64>) = conn
+        .prepare_cached("SELECT (SELECT max(id) FROM runs), (SELECT max(id) FROM measurements)")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let (runs, measurements) = (runs.unwrap_or(0), measurements.unwrap_or(0));
+    if matching == 0 || runs == 0 {
+        return Ok(false);
+    }
+    let per_run = measurements / runs;
+    let collect_and_sort = matching.saturating_mul(per_run);
+    let walk = (limit as i64 + 1).saturating_mul(runs) / matching;
+    Ok(walk < collect_and_sort)
+}
+
 pub fn measurements(
     conn: &Connection,
     f: &MeasurementFilter,
 ) -> Result<Page<MeasurementRow>, StoreError> {
     const OP: &str = "query measurements";
     let limit = page_size(f.limit);
+    // CROSS JOIN makes SQLite keep measurements as the outer loop.
+    let join = if newest_first(conn, f, limit).map_err(sql(OP))? {
+        "CROSS JOIN"
+    } else {
+        "JOIN"
+    };
     let mut sql_text = format!(
         "SELECT {MEASUREMENT_COLS}, r.dut_serial, r.recipe_name, r.station
-         FROM measurements m JOIN runs r ON r.id = m.run_id WHERE 1 = 1"
+         FROM measurements m {join} runs r ON r.id = m.run_id WHERE 1 = 1"
     );
     let mut args: Vec<Box<dyn ToSql>> = Vec::new();
     let mut push = |clause: &str, v: Box<dyn ToSql>| {
