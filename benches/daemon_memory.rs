@@ -26,6 +26,9 @@ const SETUP_WAIT: Duration = Duration::from_secs(30);
 struct Mem {
     rss_kib: u64,
     hwm_kib: u64,
+    /// Heap and other private memory, vs mapped files (the binary's own pages, shared libs).
+    anon_kib: u64,
+    file_kib: u64,
     threads: u64,
 }
 
@@ -41,6 +44,8 @@ fn status(pid: u32) -> Mem {
     Mem {
         rss_kib: field("VmRSS:"),
         hwm_kib: field("VmHWM:"),
+        anon_kib: field("RssAnon:"),
+        file_kib: field("RssFile:"),
         threads: field("Threads:"),
     }
 }
@@ -196,9 +201,11 @@ fn main() {
             ("sleep", floor),
         ] {
             println!(
-                "{label:<28} VmRSS {:>9}  VmHWM {:>9}  threads {:>3}",
+                "{label:<28} VmRSS {:>9}  VmHWM {:>9}  (anon {:>9}, files {:>9})  threads {:>3}",
                 kib(m.rss_kib),
                 kib(m.hwm_kib),
+                kib(m.anon_kib),
+                kib(m.file_kib),
                 m.threads
             );
         }

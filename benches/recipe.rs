@@ -116,8 +116,23 @@ fn main() {
             dut: "SN-BENCH".into(),
             operator: "bench".into(),
         };
-        let variants: [(&str, StoreOptions); 2] = [
-            ("engine (default store)", StoreOptions::default()),
+        // Memory-backed, where the machine has one: what the engine and SQLite cost without
+        // the disk.
+        let shm = tempfile::tempdir_in("/dev/shm").ok();
+        let mut variants: Vec<(&str, StoreOptions, std::path::PathBuf)> = vec![
+            (
+                "engine (default store)",
+                StoreOptions::default(),
+                dir.path().to_path_buf(),
+            ),
+            (
+                "engine, sync every step end",
+                StoreOptions {
+                    step_sync_interval: Duration::ZERO,
+                    ..StoreOptions::default()
+                },
+                dir.path().to_path_buf(),
+            ),
             (
                 "engine, no step-end sync",
                 StoreOptions {
@@ -125,13 +140,21 @@ fn main() {
                     sync_at_step_end: false,
                     ..StoreOptions::default()
                 },
+                dir.path().to_path_buf(),
             ),
         ];
+        if let Some(shm) = &shm {
+            variants.push((
+                "engine, store in /dev/shm",
+                StoreOptions::default(),
+                shm.path().to_path_buf(),
+            ));
+        }
         let stores: Vec<Store> = variants
             .iter()
             .enumerate()
-            .map(|(i, (_, o))| {
-                Store::open_with(dir.path().join(format!("results-{i}.db")), o.clone()).unwrap()
+            .map(|(i, (_, o, d))| {
+                Store::open_with(d.join(format!("results-{i}.db")), o.clone()).unwrap()
             })
             .collect();
         println!(
@@ -166,7 +189,7 @@ fn main() {
             ms(b),
             ms(b / steps as f64)
         );
-        for (i, (label, _)) in variants.iter().enumerate() {
+        for (i, (label, _, _)) in variants.iter().enumerate() {
             let e = median(&eng_t[i]);
             let over = (e - b) / steps as f64;
             // Per-round overhead, engine minus the bare run of the same round.
@@ -176,7 +199,7 @@ fn main() {
                 .map(|(e, b)| format!("{:.3}", (e - b) / steps as f64 * 1e3))
                 .collect();
             println!(
-                "{label:<26} {} per run, overhead {} per step (rounds: {} ms), bare/engine {:.3}  {}",
+                "{label:<28} {} per run, overhead {} per step (rounds: {} ms), bare/engine {:.3}  {}",
                 ms(e),
                 ms(over),
                 per_round.join(" / "),

@@ -167,9 +167,81 @@ struct WriterState {
     last_sync: std::time::Instant,
     /// Set while a committed step end is not yet synced: the deadline for its sync.
     pending_sync: Option<std::time::Instant>,
+    /// Events from [`Store::queue_event`] not yet written: (run, kind, payload, time in µs).
+    events: Vec<(RunId, String, serde_json::Value, i64)>,
+    /// When queued events are written on their own if no other write takes them along first.
+    events_due: Option<std::time::Instant>,
+    notify: tokio::sync::broadcast::Sender<RunId>,
 }
 
+/// How long queued events may wait for another write to share its commit. Short enough for a
+/// live view; long enough to span an instrument request between two writes of a run.
+const EVENT_FLUSH_DELAY: Duration = Duration::from_millis(5);
+
 impl WriterState {
+    /// Writes the queued events inside the caller's transaction, behind a savepoint so that a
+    /// bad event cannot fail the write it rides along with. Returns whether they are in (then
+    /// they count once the transaction commits: see [`WriterState::events_committed`]).
+    fn write_events(&mut self, conn: &Connection) -> bool {
+        if self.events.is_empty() {
+            return false;
+        }
+        let r = conn
+            .execute_batch("SAVEPOINT queued_events")
+            .map_err(|source| StoreError::Sqlite {
+                op: "add queued events",
+                source,
+            });
+        let r = r.and_then(|_| {
+            for (run, kind, payload, at) in &self.events {
+                db::add_event(conn, *run, kind, payload, *at)?;
+            }
+            Ok(())
+        });
+        match r {
+            Ok(()) => {
+                let _ = conn.execute_batch("RELEASE queued_events");
+                true
+            }
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK TO queued_events; RELEASE queued_events");
+                tracing::warn!(error = %e, dropped = self.events.len(), "cannot store run events");
+                self.events.clear();
+                self.events_due = None;
+                false
+            }
+        }
+    }
+
+    /// The transaction that carried the queued events committed: tell their subscribers.
+    fn events_committed(&mut self) {
+        let mut runs: Vec<RunId> = self.events.drain(..).map(|e| e.0).collect();
+        runs.dedup();
+        for run in runs {
+            // No subscribers is the normal case, not an error.
+            let _ = self.notify.send(run);
+        }
+        self.events_due = None;
+    }
+
+    /// Queued events that no other write took along: written in a transaction of their own.
+    fn flush_events(&mut self, conn: &mut Connection) {
+        let mut carried = false;
+        let r = run_write(conn, false, |c| {
+            carried = self.write_events(c);
+            Ok(())
+        });
+        match r {
+            Ok(()) if carried => self.events_committed(),
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, dropped = self.events.len(), "cannot store run events");
+                self.events.clear();
+                self.events_due = None;
+            }
+        }
+    }
+
     /// Flush the WAL file (SQLite wrote the committed frames to it; NORMAL only leaves the
     /// flush to checkpoints). Any descriptor of the file flushes the same inode.
     fn sync_wal(&mut self) {
@@ -293,24 +365,34 @@ impl Store {
         let (tx, rx) = mpsc::channel::<Job>();
         let mut wal = path.clone().into_os_string();
         wal.push("-wal");
+        let notify = tokio::sync::broadcast::channel(NOTIFY_CAPACITY).0;
         let mut state = WriterState {
             wal: PathBuf::from(wal),
             last_sync: std::time::Instant::now(),
             pending_sync: None,
+            events: Vec::new(),
+            events_due: None,
+            notify: notify.clone(),
         };
         std::thread::Builder::new()
             .name("labgate-store".into())
             .spawn(move || {
                 loop {
                     // Due first, even when jobs keep coming.
-                    if state
-                        .pending_sync
-                        .is_some_and(|d| d <= std::time::Instant::now())
-                    {
+                    let now = std::time::Instant::now();
+                    if state.events_due.is_some_and(|d| d <= now) {
+                        state.flush_events(&mut conn);
+                    }
+                    if state.pending_sync.is_some_and(|d| d <= now) {
                         state.sync_wal();
                     }
-                    // A step end waiting for its shared sync bounds the wait for the next job.
-                    let job = match state.pending_sync {
+                    // A step end waiting for its shared sync, or queued events, bound the wait
+                    // for the next job.
+                    let due = match (state.pending_sync, state.events_due) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    let job = match due {
                         None => match rx.recv() {
                             Ok(j) => j,
                             Err(_) => break,
@@ -335,6 +417,9 @@ impl Store {
                     }));
                 }
                 // Ends when the last handle (and so the last sender) is dropped.
+                if !state.events.is_empty() {
+                    state.flush_events(&mut conn);
+                }
                 if state.pending_sync.is_some() {
                     state.sync_wal();
                 }
@@ -352,7 +437,7 @@ impl Store {
                 writer: tx,
                 readers: Mutex::new(Vec::new()),
                 read_permits: tokio::sync::Semaphore::new(permits),
-                notify: tokio::sync::broadcast::channel(NOTIFY_CAPACITY).0,
+                notify,
             }),
         })
     }
@@ -419,11 +504,21 @@ impl Store {
                 && kind == WriteKind::StepEnd
                 && now.duration_since(state.last_sync) < interval;
             let raise = syncs && !shared;
-            let r = if kind == WriteKind::Single {
+            // Queued events ride along in this write's transaction (one commit instead of one
+            // each), ahead of its own statements so their order holds.
+            let mut carried = false;
+            let r = if kind == WriteKind::Single && state.events.is_empty() {
                 f(conn)
             } else {
-                run_write(conn, raise, f)
+                run_write(conn, raise, |c| {
+                    carried = state.write_events(c);
+                    f(c)
+                })
             };
+            if carried && r.is_ok() {
+                state.events_committed();
+            }
+            // Otherwise they stay queued (the rollback took them too) and go on their own.
             if r.is_ok() {
                 if raise {
                     // The FULL commit synced the WAL and with it every earlier commit.
@@ -566,9 +661,11 @@ impl Store {
     }
 
     /// Like [`Store::add_event`] without waiting for the commit: the event is queued on the
-    /// writer, so it commits before any write made after this call, and subscribers are told
-    /// once it has. For an event log that must not slow its writer down (a run's step events);
-    /// a failed append is logged, not returned. Errs only when the store is closed.
+    /// writer, so it commits no later than any write made after this call (in that write's
+    /// transaction, or on its own within a few milliseconds), and subscribers are told once it
+    /// has. For an event log that must not slow its writer down (a run's step events): sharing
+    /// commits halves a recipe step's commits. A failed append is logged, not returned. Errs
+    /// only when the store is closed.
     pub fn queue_event(
         &self,
         run: RunId,
@@ -576,16 +673,11 @@ impl Store {
         payload: serde_json::Value,
     ) -> Result<(), StoreError> {
         let kind = kind.to_string();
-        let notify = self.inner.notify.clone();
-        let job: Job = Box::new(move |conn: &mut Connection, _: &mut WriterState| {
-            match run_write(conn, false, |c| {
-                db::add_event(c, run, &kind, &payload, db::now_us())
-            }) {
-                Ok(_) => {
-                    // No subscribers is the normal case, not an error.
-                    let _ = notify.send(run);
-                }
-                Err(e) => tracing::warn!(run = %run, kind, error = %e, "cannot store run event"),
+        let at = db::now_us();
+        let job: Job = Box::new(move |_: &mut Connection, state: &mut WriterState| {
+            state.events.push((run, kind, payload, at));
+            if state.events_due.is_none() {
+                state.events_due = Some(std::time::Instant::now() + EVENT_FLUSH_DELAY);
             }
         });
         self.inner.writer.send(job).map_err(|_| self.closed())
@@ -741,6 +833,44 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(seen, run);
+    }
+
+    #[tokio::test]
+    async fn a_queued_event_alone_is_written_soon_and_survives_a_failing_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(path_in(dir.path())).unwrap();
+        let run = store.create_run(new_run()).await.unwrap();
+        let mut sub = store.subscribe();
+        store
+            .queue_event(run, "alone", serde_json::json!({}))
+            .unwrap();
+        let seen = tokio::time::timeout(Duration::from_secs(5), sub.recv())
+            .await
+            .expect("written without another write")
+            .unwrap();
+        assert_eq!(seen, run);
+        assert_eq!(store.events_since(run, 1).await.unwrap()[0].kind, "alone");
+        // A write that fails rolls back the events it carried; they are written on their own.
+        store
+            .queue_event(run, "before-failure", serde_json::json!({}))
+            .unwrap();
+        let err = store
+            .finish_step(StepId(9999), StepStatus::Pass, None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::StepNotFound { .. }), "{err}");
+        let kinds = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let evs = store.events_since(run, 2).await.unwrap();
+                if !evs.is_empty() {
+                    break evs.into_iter().map(|e| e.kind).collect::<Vec<_>>();
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(kinds, ["before-failure"]);
     }
 
     /// Step ends in quick succession share syncs; every one is committed and readable at once,
