@@ -125,7 +125,18 @@ async fn measure(mut cmd: Command, addr: Option<SocketAddr>, idle: Duration) -> 
         wait_ok(addr, "/api/v1/ready", &mut child.0).await;
     }
     tokio::time::sleep(idle).await;
-    status(child.0.id())
+    let pid = child.0.id();
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| std::fs::read_to_string(e.path().join("comm")).ok())
+                .map(|n| n.trim().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    println!("threads of pid {pid}: {}", names.join(", "));
+    status(pid)
 }
 
 fn main() {
