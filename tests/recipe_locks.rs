@@ -1,6 +1,7 @@
 //! Instrument ownership across processes: two real `labgate run` processes on one data directory
 //! contend for the simulated AC source. The second is refused naming the holder (or waits with
-//! `--queue`), and the lock goes when its holder dies, even by `kill -9`.
+//! `--queue`), and the lock goes when its holder dies, even by `kill -9`. And a run of the engine
+//! in this process with the data directory's locks (as the daemon runs them) refuses the binary.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -9,7 +10,11 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use labgate::config;
+use labgate::gateway::Gateway;
+use labgate::recipe::{self, Progress, RunSpec, StationView, locks::Locks};
 use labgate::sim::bench::{SimBench, SimBenchConfig, start};
+use labgate::store::{self, RunVerdict, Store};
+use tokio_util::sync::CancellationToken;
 
 mod common;
 
@@ -183,5 +188,77 @@ async fn a_second_process_is_refused_naming_the_holder_until_it_dies() {
 
     // And the lock is free again after a normal exit too.
     let out = output(run("SN-D", &["--param", "hold=0"])).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_run_with_the_data_locks_refuses_the_binary_naming_its_run() {
+    let sim = start(SimBenchConfig::ephemeral()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(&sim, dir.path());
+    let recipe_path = write_recipe(dir.path());
+    let bench = config::load(&cfg).unwrap_or_else(|d| panic!("{d}"));
+    let station = StationView::of(&bench, "demo").unwrap();
+    let (recipe, params) =
+        recipe::load_and_validate(&recipe_path, &station, &Default::default()).unwrap();
+    let spec = RunSpec {
+        recipe,
+        station,
+        params,
+        dut: "SN-DAEMON".into(),
+        operator: String::new(),
+    };
+    let store = Store::open(store::path_in(&bench.paths.data)).unwrap();
+    let gw = Gateway::start_only(&bench, |id| id == "src1");
+    let locks = Locks::in_dir(Locks::dir_in(&bench.paths.data)).unwrap();
+    let abort = CancellationToken::new();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let hooks = recipe::Hooks {
+        progress: Some(tx),
+        abort: abort.clone(),
+        locks: Some(locks),
+        ..recipe::Hooks::default()
+    };
+    let instruments = gw.instruments.clone();
+    let task =
+        tokio::spawn(async move { recipe::run_with(&spec, &instruments, &store, hooks).await });
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(p) = rx.recv().await {
+            if matches!(&p, Progress::StepStarted { name, .. } if name == "hold") {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the engine run reaches its wait");
+
+    let recipe_arg = recipe_path.to_str().unwrap();
+    let args = [
+        "run",
+        recipe_arg,
+        "--station",
+        "demo",
+        "--dut",
+        "SN-CLI",
+        "--param",
+        "hold=0",
+    ];
+    let out = output(labgate(&cfg, &args)).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let expected = format!(
+        "instrument `src1` is in use by run 1 (recipe `hold-source` for DUT SN-DAEMON on station `demo`) (pid {})",
+        std::process::id()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+
+    abort.cancel();
+    let outcome = tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome.verdict, RunVerdict::Aborted);
+    let out = output(labgate(&cfg, &args)).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }

@@ -183,6 +183,7 @@ pub async fn run_with(
             });
         }
     }
+    let mut holder = String::new();
     let _guard = match &locks {
         Some(l) => {
             let mut ids: Vec<String> = spec
@@ -194,7 +195,7 @@ pub async fn run_with(
                 .collect();
             ids.sort();
             ids.dedup();
-            let holder = format!(
+            holder = format!(
                 "recipe `{}` for DUT {} on station `{}`",
                 spec.recipe.meta.name, spec.dut, spec.station.name
             );
@@ -230,6 +231,10 @@ pub async fn run_with(
             parameters: serde_json::Value::Object(parameters),
         })
         .await?;
+    if let Some(g) = &_guard {
+        // Another process refused by these instruments cannot ask us which run holds them.
+        g.describe_to_other_processes(&format!("run {run} ({holder})"));
+    }
     let mut ex = Exec {
         store: store.clone(),
         run,

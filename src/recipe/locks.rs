@@ -147,6 +147,13 @@ impl Guard {
         for id in &self.ids {
             held.insert(id.clone(), holder.to_string());
         }
+        drop(held);
+        self.describe_to_other_processes(holder);
+    }
+
+    /// Describe the holder anew for other processes only (they cannot ask this one which run
+    /// it is); runs of this process keep seeing the description given at acquisition.
+    pub fn describe_to_other_processes(&self, holder: &str) {
         for f in &self.files {
             // Only a description for others' messages: a failed rewrite leaves the old one.
             let _ = describe(f, holder);
@@ -300,9 +307,14 @@ mod tests {
         );
         // Nothing kept on refusal: sphere1 is still free for the first one.
         let g2 = daemon.try_acquire(&["sphere1".into()], "run 9").unwrap();
+        g.describe_to_other_processes("run 7 for others");
+        let err = cli.try_acquire(&["pa1".into()], "run 8").unwrap_err();
+        assert!(err.holder.starts_with("run 7 for others"), "{err}");
+        assert_eq!(daemon.holder("pa1").as_deref(), Some("run 7"));
         g.set_holder("run 7 renamed");
         let err = cli.try_acquire(&["pa1".into()], "run 8").unwrap_err();
         assert!(err.holder.starts_with("run 7 renamed"), "{err}");
+        assert_eq!(daemon.holder("pa1").as_deref(), Some("run 7 renamed"));
         drop(g);
         drop(g2);
         assert!(
