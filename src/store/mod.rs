@@ -18,7 +18,9 @@
 //! connections, which WAL lets proceed while the writer commits. [`Store`] is a cheap clone.
 //!
 //! Writes queue on an unbounded channel: each caller awaits its own write, so the queue holds at
-//! most one job per concurrent caller.
+//! most one job per concurrent caller, plus the events a run queued without waiting
+//! ([`Store::queue_event`]) since its last awaited write. Queued events are written in the next
+//! write's transaction (one commit for both), or alone after a few milliseconds.
 //!
 //! A crash leaves runs marked running: the daemon calls [`Store::mark_interrupted`] once at
 //! start-up, before starting any run (a CLI that only reads must not call it).
