@@ -140,6 +140,37 @@ async fn lm79_run_events_reconnect_detail_and_export() {
     assert!(m.contains(r#"labgate_stabilization_duration_seconds_count{recipe="lm79-led-lamp"}"#));
     assert!(m.contains(r#"labgate_runs_active{state="running"} 0"#));
     assert!(!m.contains("SN-API"), "no serials in labels");
+    promtool_ok(&m);
+}
+
+/// promtool's parser and lint accept the exposition with the run series in it (skipped when
+/// promtool is not installed; .ci/run installs it).
+fn promtool_ok(text: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let Ok(mut child) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        eprintln!("promtool not installed; exposition not linted");
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
