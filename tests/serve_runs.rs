@@ -96,6 +96,21 @@ async fn lm79_over_http_then_sigterm_aborts_through_cleanup() {
         sim.plant.output_on().then_some(())
     })
     .await;
+    // A reload while it runs: the run keeps the instruments it started with.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("power analyzer on the lamp under test", "reloaded analyzer"),
+    )
+    .unwrap();
+    signal(&child, libc::SIGHUP);
+    eventually("the reload", || async {
+        let d = get(addr, "/api/v1/instruments/pa1").await.json();
+        (d["description"] == "reloaded analyzer").then_some(())
+    })
+    .await;
+    let d = get(addr, &format!("/api/v1/runs/{slow}")).await.json();
+    assert_eq!(d["active"], true, "the run survived the reload: {d}");
     signal(&child, libc::SIGTERM);
     let status = tokio::time::timeout(WAIT, child.wait())
         .await
