@@ -382,6 +382,10 @@ impl RunManager {
                     Some(f) => {
                         let _ = f.send(Err(e));
                     }
+                    // A queued request given up (withdrawn, or the daemon stops): nothing ran.
+                    None if matches!(e, StartError::Busy(_)) => {
+                        tracing::info!(message = "queued run withdrawn before it started", recipe = %recipe_name)
+                    }
                     None => {
                         tracing::error!(message = "run failed", recipe = %recipe_name, error = %e)
                     }

@@ -210,6 +210,22 @@ async fn abort_runs_cleanup_and_locks_name_the_holder() {
     .await;
     assert_eq!(q.status, 202, "{}", q.body);
     let ticket = q.json()["ticket"].as_u64().unwrap();
+    // A second one in line, withdrawn.
+    let q2 = post_json(
+        s.addr,
+        "/api/v1/runs",
+        r#"{"recipe":"ask","station":"demo","dut":"SN-4","queue":true}"#,
+    )
+    .await;
+    assert_eq!(q2.status, 202, "{}", q2.body);
+    let t2 = q2.json()["ticket"].as_u64().unwrap();
+    let c = post_json(s.addr, &format!("/api/v1/queue/{t2}/cancel"), "").await;
+    assert_eq!(c.status, 202);
+    eventually("the withdrawn request to leave the queue", || async {
+        let q = get(s.addr, "/api/v1/queue").await.json();
+        (q.as_array().unwrap().len() == 1).then_some(())
+    })
+    .await;
     let queue = get(s.addr, "/api/v1/queue").await.json();
     assert_eq!(queue[0]["ticket"], ticket);
     assert_eq!(queue[0]["recipe"], "slow");
@@ -250,6 +266,11 @@ async fn abort_runs_cleanup_and_locks_name_the_holder() {
             .as_array()
             .unwrap()
             .is_empty()
+    );
+    let never = get(s.addr, "/api/v1/runs?dut=SN-4").await.json();
+    assert!(
+        never["items"].as_array().unwrap().is_empty(),
+        "withdrawn: never filed"
     );
     eventually("the queued run to hold the lamp on", || async {
         s.sim.plant.output_on().then_some(())
