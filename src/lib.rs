@@ -7,7 +7,8 @@
 //! - [`instrument`]: a driver bound to a link; reads quantities and runs actions.
 //! - [`config`]: the bench description; [`diag`] reports problems with file:line:col.
 //! - [`sim`]: built-in simulated instruments for demos and tests.
-//! - [`daemon`], [`api`], [`metrics`]: `labgate serve`, its HTTP API and `/metrics`.
+//! - [`daemon`], [`api`], [`metrics`]: `labgate serve`, its HTTP API and `/metrics`;
+//!   [`runs`]: the runs the daemon starts.
 //! - [`cli`]: the `labgate` command line.
 
 pub mod api;
@@ -24,6 +25,7 @@ pub mod modbus;
 pub mod poll;
 pub mod reading;
 pub mod recipe;
+pub mod runs;
 pub mod scpi;
 pub mod sim;
 pub mod store;
