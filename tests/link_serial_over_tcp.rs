@@ -106,7 +106,10 @@ async fn rtu_over_a_device_server_keeps_the_serial_inter_frame_silence() {
     );
     let spec = LinkSpec::from_config("rtu", &cfg);
     let t35 = transport::t35(BAUD);
-    assert_eq!(spec.inter_frame, t35, "t3.5 from the serial side's baud rate");
+    assert_eq!(
+        spec.inter_frame, t35,
+        "t3.5 from the serial side's baud rate"
+    );
     let h = link::spawn(spec, None);
     wait_connected(&h).await;
     for _ in 0..5 {
@@ -131,9 +134,16 @@ async fn rtu_over_a_device_server_keeps_the_serial_inter_frame_silence() {
             (true, None) => {}
         }
     }
-    assert_eq!(gaps.len(), 4, "five transactions, four silences between them");
+    assert_eq!(
+        gaps.len(),
+        4,
+        "five transactions, four silences between them"
+    );
     for g in gaps {
-        assert!(g >= t35, "only {g:?} of silence between frames, t3.5 is {t35:?}");
+        assert!(
+            g >= t35,
+            "only {g:?} of silence between frames, t3.5 is {t35:?}"
+        );
     }
 
     // Without `baud` the same link is plain TCP: no serial timing.
