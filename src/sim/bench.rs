@@ -109,6 +109,9 @@ pub struct BenchPtys {
     pub logger: PathBuf,
     /// The Modbus devices as one RTU bus (same unit ids as on TCP).
     pub modbus_rtu: PathBuf,
+    /// A Prologix GPIB-USB adapter with the SCPI instruments at [`GPIB_ADDRESSES`], when the
+    /// bench also serves the GPIB-Ethernet one.
+    pub prologix: Option<PathBuf>,
 }
 
 /// A running bench. Dropping it (or [`SimBench::shutdown`]) stops every server and closes every
@@ -192,6 +195,7 @@ pub async fn start(cfg: SimBenchConfig) -> io::Result<SimBench> {
         plant,
         tasks: Vec::new(),
     };
+    let mut prologix_pty = None;
     if let Some(l) = pg_l {
         let (pa, ac, sp, lg) = (
             analyzer.clone(),
@@ -209,6 +213,11 @@ pub async fn start(cfg: SimBenchConfig) -> io::Result<SimBench> {
             b
         };
         let stats = bench.prologix_stats.clone();
+        if cfg.pty {
+            let (path, task) = super::prologix::serve_pty(bus.clone(), stats.clone())?;
+            bench.tasks.push(task);
+            prologix_pty = Some(path);
+        }
         bench.tasks.push(tokio::spawn(async move {
             if let Err(e) = super::prologix::serve_tcp(l, bus, stats).await {
                 tracing::warn!(message = "sim prologix adapter stopped", error = %e);
@@ -250,6 +259,7 @@ pub async fn start(cfg: SimBenchConfig) -> io::Result<SimBench> {
             sphere: sp_p,
             logger: lg_p,
             modbus_rtu: PathBuf::from(rtu.path()),
+            prologix: prologix_pty,
         });
         bench.rtu_pty = Some(rtu);
     }
@@ -290,6 +300,12 @@ impl SimBench {
                 p.logger.display(),
                 p.modbus_rtu.display()
             ));
+            if let Some(g) = &p.prologix {
+                s.push_str(&format!(
+                    "prologix gpib-usb adapter (same addresses) on pseudo-terminal {}\n",
+                    g.display()
+                ));
+            }
         }
         s
     }
