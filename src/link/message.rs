@@ -15,15 +15,23 @@
 //!   terminator and a trailing `\r` from the reply;
 //! - before each exchange calls [`MessageIo::select`] with the instrument's bus address (the
 //!   GPIB address of `address = N` instruments on a Prologix link; `None` elsewhere);
-//! - maps [`MessageError`] to [`super::LinkError`] with the usual reconnect rule: any failure but
-//!   [`MessageError::is_device_refusal`]-free ones drops the connection, and reopening runs
-//!   [`MessageIo::clear`] so the device forgets a half-sent reply;
+//! - maps [`MessageError`] to [`super::LinkError`] (`Timeout` to `LinkError::Timeout`, `TooLong`
+//!   and `Protocol` to `Mismatch`, the rest to `Io`) with the usual reconnect rule: every failure
+//!   except one for which [`MessageError::keeps_connection`] is true drops the connection, and
+//!   reopening after a failure runs [`MessageIo::clear`] so the device forgets a half-sent
+//!   reply;
 //! - still wraps every call in its own `tokio::time::timeout` (the `timeout` passed in plus
 //!   [`PROBE_GRACE`]), so an implementation that forgets a bound cannot hang the link.
 //!
-//! How to add a kind (VXI-11, HiSLIP): implement [`MessageIo`] for the protocol's client, return
-//! it from [`open`] for its `Transport` variant (now the "not built yet" arms), and that is all:
-//! config keys and `labgate check` diagnostics for every kind already exist in `config`.
+//! How to add a kind (VXI-11, HiSLIP): implement [`MessageIo`] for the protocol's client
+//! (`write_msg` = device_write / DataEnd, `read_msg` = device_read until END / Data until
+//! DataEnd, `clear` = device_clear / AsyncDeviceClear), open and handshake it in [`open`] for
+//! its `Transport` variant (now the "not built yet" arms; `Err((message, permanent))`, bounded
+//! by the link's `connect_timeout`), and return protocol error codes as
+//! [`MessageError::Protocol`] with the code in the text. That is all: the `Transport::Vxi11 {
+//! host, device }` and `Transport::Hislip { host, port, device }` config keys, their defaults
+//! and `labgate check` diagnostics already exist in `config`, and `transport::describe` names
+//! them in messages.
 //!
 //! The futures are boxed so the actor can hold a `Box<dyn MessageIo>` without caring which kind.
 

@@ -286,3 +286,19 @@ impl MessageIo for Usbtmc {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ioctl numbers from linux/usb/tmc.h, rebuilt from the _IO/_IOW encoding.
+    #[test]
+    fn ioctl_numbers_match_the_kernel_header() {
+        const IOC_WRITE: libc::c_ulong = 1;
+        let io = |nr: libc::c_ulong| (91 << 8) | nr;
+        let iow =
+            |nr: libc::c_ulong, size: libc::c_ulong| (IOC_WRITE << 30) | (size << 16) | io(nr);
+        assert_eq!(USBTMC_IOCTL_CLEAR, io(2));
+        assert_eq!(USBTMC_IOCTL_SET_TIMEOUT, iow(10, 4));
+    }
+}
