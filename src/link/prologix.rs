@@ -81,16 +81,25 @@ impl Prologix {
             cleared: BTreeSet::new(),
         };
         let deadline = Instant::now() + timeout;
-        let line = p
-            .read_until(b"\n", deadline, MAX_ADAPTER_LINE)
-            .await
-            .map_err(|e| match e {
-                MessageError::Timeout(_) => MessageError::AdapterSilent {
-                    adapter: "prologix",
-                },
-                other => other,
-            })?;
-        p.version = String::from_utf8_lossy(&line).trim().to_string();
+        // Skip anything else the adapter says first (an older firmware answers
+        // `++savecfg` with "Unrecognized command"): the version line is the liveness answer.
+        loop {
+            let line = p
+                .read_until(b"\n", deadline, MAX_ADAPTER_LINE)
+                .await
+                .map_err(|e| match e {
+                    MessageError::Timeout(_) | MessageError::TooLong { .. } => {
+                        MessageError::AdapterSilent {
+                            adapter: "prologix",
+                        }
+                    }
+                    other => other,
+                })?;
+            if is_version_line(&line) {
+                p.version = String::from_utf8_lossy(&line).trim().to_string();
+                break;
+            }
+        }
         Ok(p)
     }
 
@@ -169,8 +178,7 @@ impl Prologix {
         let deadline = Instant::now() + bound;
         // A late instrument reply may come first; the version line is the adapter's own.
         while let Ok(line) = self.read_until(b"\n", deadline, 64 * 1024).await {
-            let text = String::from_utf8_lossy(&line).to_ascii_lowercase();
-            if text.contains("prologix") || text.contains("version") {
+            if is_version_line(&line) {
                 return match self.current {
                     Some(address) => MessageError::NotListening { address },
                     None => MessageError::Timeout(timeout),
@@ -181,6 +189,12 @@ impl Prologix {
             adapter: "prologix",
         }
     }
+}
+
+/// Whether a line from the adapter is its `++ver` answer.
+fn is_version_line(line: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(line).to_ascii_lowercase();
+    text.contains("prologix") || text.contains("version")
 }
 
 /// The adapter's read timeout for a request timeout: it waits that long for the instrument's
