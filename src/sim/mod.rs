@@ -10,3 +10,4 @@ pub mod power_analyzer;
 pub mod pty;
 pub mod scpi_server;
 pub mod sphere;
+pub mod vxi11;
