@@ -3,6 +3,7 @@
 pub mod ac_source;
 pub mod bench;
 pub mod fault;
+pub mod hislip;
 pub mod logger;
 pub mod modbus;
 pub mod plant;

@@ -134,6 +134,19 @@ impl MessageDevice {
         }
     }
 
+    /// The reply to what was sent, if it produces one: waits for held commands (at most
+    /// `timeout`) but not for a reply that will never come.
+    pub async fn reply_if_any(&mut self, timeout: Duration) -> Option<Vec<u8>> {
+        if !self.advance(Instant::now() + timeout).await {
+            return None;
+        }
+        let reply = self.output.pop_front()?;
+        if let Some(d) = self.faults.delay {
+            tokio::time::sleep(d).await;
+        }
+        Some(reply)
+    }
+
     /// Put an unread part of a reply back at the front.
     pub fn unread(&mut self, rest: Vec<u8>) {
         if !rest.is_empty() {
@@ -159,6 +172,9 @@ pub struct Vxi11SimConfig {
     /// Device names create_link accepts (case-insensitive).
     pub devices: Vec<String>,
     pub max_recv_size: u32,
+    /// Return at most this many bytes per device_read (reason REQCNT until the last piece), as
+    /// instruments with small output buffers do.
+    pub read_chunk: Option<usize>,
     pub faults: Faults,
 }
 
@@ -170,6 +186,7 @@ impl Default for Vxi11SimConfig {
             core_port: 0,
             devices: vec!["inst0".to_string()],
             max_recv_size: 4096,
+            read_chunk: None,
             faults: Faults::default(),
         }
     }
@@ -410,7 +427,8 @@ async fn serve_core(
                                     Some(mut msg) => {
                                         let term = (flags & proto::FLAG_TERMCHRSET != 0)
                                             .then_some(term as u8);
-                                        let mut cut = msg.len().min(request.max(1));
+                                        let limit = request.max(1).min(cfg.read_chunk.unwrap_or(usize::MAX).max(1));
+                                        let mut cut = msg.len().min(limit);
                                         let mut reason = 0;
                                         if let Some(t) = term
                                             && let Some(i) = msg[..cut].iter().position(|b| *b == t)
