@@ -231,6 +231,11 @@ impl HislipClient {
         self.opts.io_timeout = t;
     }
 
+    /// Bounds replies read from now on (the size offered at connect stays as it was).
+    pub fn set_max_reply(&mut self, max: usize) {
+        self.opts.max_reply = max;
+    }
+
     fn timeout(&self, op: &'static str) -> HislipError {
         HislipError::Timeout {
             endpoint: self.endpoint.clone(),

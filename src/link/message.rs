@@ -162,8 +162,18 @@ pub async fn open(t: &Transport, timeout: Duration) -> Result<Box<dyn MessageIo>
                 .map(|d| Box::new(d) as Box<dyn MessageIo>)
                 .map_err(|e| (e.to_string(), false))
         }
-        Transport::Vxi11 { .. } => Err(("vxi11 links are not built yet".into(), true)),
-        Transport::Hislip { .. } => Err(("hislip links are not built yet".into(), true)),
+        Transport::Vxi11 {
+            host,
+            device,
+            portmap_port,
+        } => super::vxi11::open(host, *portmap_port, device, timeout)
+            .await
+            .map(|d| Box::new(d) as Box<dyn MessageIo>),
+        Transport::Hislip { host, port, device } => {
+            super::hislip::open(host, *port, device, timeout)
+                .await
+                .map(|d| Box::new(d) as Box<dyn MessageIo>)
+        }
         Transport::Tcp { .. } | Transport::Serial { .. } | Transport::SerialServer { .. } => {
             Err(("not a message transport".into(), true))
         }

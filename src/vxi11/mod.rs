@@ -433,6 +433,10 @@ impl Vxi11Client {
         self.opts.io_timeout = t;
     }
 
+    pub fn set_max_reply(&mut self, max: usize) {
+        self.opts.max_reply = max;
+    }
+
     fn io_timeout_ms(&self) -> u32 {
         u32::try_from(self.opts.io_timeout.as_millis()).unwrap_or(u32::MAX)
     }
