@@ -189,3 +189,107 @@ async fn drop_after_fault_closes_the_connection() {
     assert!(matches!(e, Vxi11Error::Closed { .. }), "{e}");
     assert!(e.needs_reconnect());
 }
+
+// ---------------------------------------------------------------------------------------------
+// The same driver file over VXI-11, through config, gateway and instrument layer.
+
+mod common;
+
+fn vxi11_config(portmap_port: u16, dir: &std::path::Path) -> String {
+    format!(
+        r#"[paths]
+drivers = ["{drivers}"]
+data = "{data}"
+
+[links.pa_vxi]
+protocol = "scpi"
+kind = "vxi11"
+host = "127.0.0.1"
+portmap_port = {portmap_port}
+device = "inst0"
+timeout = "1s"
+connect_timeout = "3s"
+backoff_initial = "50ms"
+backoff_max = "300ms"
+
+[instruments.pa1]
+driver = "yokogawa-wt310e"
+link = "pa_vxi"
+"#,
+        drivers = common::drivers_dir().display(),
+        data = dir.join("data").display(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wt310e_driver_works_unchanged_over_vxi11_and_reconnects_after_a_restart() {
+    let factory = analyzer();
+    let s = sim::start(Vxi11SimConfig::default(), factory.clone())
+        .await
+        .unwrap();
+    let (pmap, core) = (s.portmap, s.core);
+    let dir = common::test_dir();
+    let bench = common::load_config(dir.path(), &vxi11_config(pmap.port(), dir.path()));
+    let gw = labgate::gateway::Gateway::start(&bench);
+    let pa = gw.instrument("pa1").unwrap();
+
+    let status = common::wait_connected(pa.link()).await;
+    assert!(
+        status.identity.as_deref().unwrap_or("").contains("WT310E"),
+        "{status:?}"
+    );
+    let r = timeout(BOUND, pa.read(&["voltage", "power"]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.len(), 2);
+    assert_eq!(r[0].unit, "V");
+    assert!(
+        matches!(r[0].value, labgate::reading::Value::Number(_)),
+        "{r:?}"
+    );
+    timeout(BOUND, pa.act("integration_start", &Default::default()))
+        .await
+        .unwrap()
+        .unwrap();
+    let state = pa.scpi_raw(":INTEGRATE:STATE?").await.unwrap();
+    assert_eq!(state.as_deref(), Some("START"));
+
+    // The instrument restarts: same ports, new process. The link notices on its next request,
+    // reconnects through the portmapper and the driver goes on as before.
+    s.shutdown().await;
+    let cfg = Vxi11SimConfig {
+        portmap_port: pmap.port(),
+        core_port: core.port(),
+        ..Default::default()
+    };
+    let _s2 = sim::start(cfg, factory).await.unwrap();
+    let (r, _failed) = common::until_ok(|| pa.read(&["voltage"])).await;
+    assert_eq!(r[0].unit, "V");
+    assert!(pa.link().status().reconnects >= 1, "{:?}", pa.link().status());
+}
+
+#[tokio::test]
+async fn silent_vxi11_instrument_is_a_link_timeout() {
+    let cfg = Vxi11SimConfig {
+        faults: Faults {
+            delay: Some(Duration::from_secs(5)),
+            ..Faults::default()
+        },
+        ..Default::default()
+    };
+    let s = sim::start(cfg, analyzer()).await.unwrap();
+    let dir = common::test_dir();
+    let mut text = vxi11_config(s.portmap.port(), dir.path());
+    text.push_str("skip_identity = true\n");
+    let bench = common::load_config(dir.path(), &text);
+    let gw = labgate::gateway::Gateway::start(&bench);
+    let pa = gw.instrument("pa1").unwrap();
+    common::wait_connected(pa.link()).await;
+    let e = timeout(BOUND, pa.read(&["voltage"]))
+        .await
+        .unwrap()
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("no reply"), "{text}");
+}
