@@ -163,3 +163,93 @@ async fn nothing_listening_is_an_io_error() {
         .unwrap_err();
     assert!(matches!(e, HislipError::Io { .. }), "{e}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The same driver file over HiSLIP, through config, gateway and instrument layer.
+
+mod common;
+
+fn hislip_config(port: u16, device: &str, dir: &std::path::Path) -> String {
+    format!(
+        r#"[paths]
+drivers = ["{drivers}"]
+data = "{data}"
+
+[links.pa_hs]
+protocol = "scpi"
+kind = "hislip"
+host = "127.0.0.1"
+port = {port}
+device = "{device}"
+timeout = "1s"
+connect_timeout = "3s"
+backoff_initial = "50ms"
+backoff_max = "300ms"
+
+[instruments.pa1]
+driver = "yokogawa-wt310e"
+link = "pa_hs"
+"#,
+        drivers = common::drivers_dir().display(),
+        data = dir.join("data").display(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wt310e_driver_works_unchanged_over_hislip_and_reconnects_after_a_restart() {
+    let factory = analyzer();
+    let s = sim::start(HislipSimConfig::default(), factory.clone())
+        .await
+        .unwrap();
+    let addr = s.addr;
+    let dir = common::test_dir();
+    let bench = common::load_config(dir.path(), &hislip_config(addr.port(), "hislip0", dir.path()));
+    let gw = labgate::gateway::Gateway::start(&bench);
+    let pa = gw.instrument("pa1").unwrap();
+
+    let status = common::wait_connected(pa.link()).await;
+    assert!(
+        status.identity.as_deref().unwrap_or("").contains("WT310E"),
+        "{status:?}"
+    );
+    let r = timeout(BOUND, pa.read(&["voltage", "current", "power"]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.len(), 3);
+    assert_eq!(r[2].unit, "W");
+    timeout(BOUND, pa.act("integration_start", &Default::default()))
+        .await
+        .unwrap()
+        .unwrap();
+    let state = pa.scpi_raw(":INTEGRATE:STATE?").await.unwrap();
+    assert_eq!(state.as_deref(), Some("START"));
+
+    s.shutdown().await;
+    let cfg = HislipSimConfig {
+        port: addr.port(),
+        ..Default::default()
+    };
+    let _s2 = sim::start(cfg, factory).await.unwrap();
+    let (r, _failed) = common::until_ok(|| pa.read(&["voltage"])).await;
+    assert_eq!(r[0].unit, "V");
+    assert!(pa.link().status().reconnects >= 1, "{:?}", pa.link().status());
+}
+
+#[tokio::test]
+async fn wrong_sub_address_leaves_the_link_failed_with_the_reason() {
+    let s = sim::start(HislipSimConfig::default(), analyzer())
+        .await
+        .unwrap();
+    let dir = common::test_dir();
+    let bench = common::load_config(
+        dir.path(),
+        &hislip_config(s.addr.port(), "hislip3", dir.path()),
+    );
+    let gw = labgate::gateway::Gateway::start(&bench);
+    let pa = gw.instrument("pa1").unwrap();
+    let st = common::wait_status(pa.link(), |s| s.last_error.is_some()).await;
+    assert_eq!(st.state, labgate::link::LinkState::Failed, "{st:?}");
+    let err = st.last_error.unwrap();
+    assert!(err.contains("hislip3") && err.contains("fatal error"), "{err}");
+}
