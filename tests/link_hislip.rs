@@ -203,7 +203,10 @@ async fn wt310e_driver_works_unchanged_over_hislip_and_reconnects_after_a_restar
         .unwrap();
     let addr = s.addr;
     let dir = common::test_dir();
-    let bench = common::load_config(dir.path(), &hislip_config(addr.port(), "hislip0", dir.path()));
+    let bench = common::load_config(
+        dir.path(),
+        &hislip_config(addr.port(), "hislip0", dir.path()),
+    );
     let gw = labgate::gateway::Gateway::start(&bench);
     let pa = gw.instrument("pa1").unwrap();
 
@@ -233,7 +236,11 @@ async fn wt310e_driver_works_unchanged_over_hislip_and_reconnects_after_a_restar
     let _s2 = sim::start(cfg, factory).await.unwrap();
     let (r, _failed) = common::until_ok(|| pa.read(&["voltage"])).await;
     assert_eq!(r[0].unit, "V");
-    assert!(pa.link().status().reconnects >= 1, "{:?}", pa.link().status());
+    assert!(
+        pa.link().status().reconnects >= 1,
+        "{:?}",
+        pa.link().status()
+    );
 }
 
 #[tokio::test]
@@ -251,5 +258,8 @@ async fn wrong_sub_address_leaves_the_link_failed_with_the_reason() {
     let st = common::wait_status(pa.link(), |s| s.last_error.is_some()).await;
     assert_eq!(st.state, labgate::link::LinkState::Failed, "{st:?}");
     let err = st.last_error.unwrap();
-    assert!(err.contains("hislip3") && err.contains("fatal error"), "{err}");
+    assert!(
+        err.contains("hislip3") && err.contains("fatal error"),
+        "{err}"
+    );
 }

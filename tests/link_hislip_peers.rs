@@ -118,7 +118,14 @@ async fn our_client_against_a_server_on_pyvisa_py_framing() {
     bad.device = "hislip5".into();
     let e = HislipClient::connect(bad).await.unwrap_err();
     assert!(
-        matches!(e, HislipError::Server { fatal: true, code: 3, .. }),
+        matches!(
+            e,
+            HislipError::Server {
+                fatal: true,
+                code: 3,
+                ..
+            }
+        ),
         "{e}"
     );
     assert!(e.to_string().contains("unknown sub-address hislip5"), "{e}");

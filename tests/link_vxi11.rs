@@ -266,7 +266,11 @@ async fn wt310e_driver_works_unchanged_over_vxi11_and_reconnects_after_a_restart
     let _s2 = sim::start(cfg, factory).await.unwrap();
     let (r, _failed) = common::until_ok(|| pa.read(&["voltage"])).await;
     assert_eq!(r[0].unit, "V");
-    assert!(pa.link().status().reconnects >= 1, "{:?}", pa.link().status());
+    assert!(
+        pa.link().status().reconnects >= 1,
+        "{:?}",
+        pa.link().status()
+    );
 }
 
 #[tokio::test]

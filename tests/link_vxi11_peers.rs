@@ -103,11 +103,7 @@ async fn pyvisa_py_reaches_our_simulator_on_the_core_port() {
     let s = sim::start(Vxi11SimConfig::default(), analyzer())
         .await
         .unwrap();
-    let v = run_pyvisa(&[format!(
-        "TCPIP::127.0.0.1,{}::inst0::INSTR",
-        s.core.port()
-    )])
-    .await;
+    let v = run_pyvisa(&[format!("TCPIP::127.0.0.1,{}::inst0::INSTR", s.core.port())]).await;
     check_session(&v);
 }
 

@@ -305,8 +305,7 @@ impl HislipClient {
                     .map_err(|e| io_err(&self.endpoint, OP, e))?;
                 match h.kind {
                     Some(MsgType::Data) | Some(MsgType::DataEnd) => {
-                        let current =
-                            h.param == ANY_MESSAGE_ID || Some(h.param) == self.last_sent;
+                        let current = h.param == ANY_MESSAGE_ID || Some(h.param) == self.last_sent;
                         if !current {
                             tracing::debug!(endpoint = %self.endpoint, id = h.param, "hislip: discarding a reply to an older message");
                             continue;
@@ -466,9 +465,7 @@ async fn expect(
         .map_err(|e| io_err(ep, op, e))?;
     match h.kind {
         Some(k) if k == want => Ok((h, payload)),
-        Some(MsgType::Error) | Some(MsgType::FatalError) => {
-            Err(server_error(ep, op, &h, &payload))
-        }
+        Some(MsgType::Error) | Some(MsgType::FatalError) => Err(server_error(ep, op, &h, &payload)),
         _ => Err(HislipError::Protocol {
             endpoint: ep.to_string(),
             op,

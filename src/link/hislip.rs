@@ -25,7 +25,14 @@ pub async fn open(
         Ok(client) => Ok(HislipLink { client, timeout }),
         Err(e) => {
             // Refused at Initialize (an unknown sub-address): retrying soon will not help.
-            let permanent = matches!(e, HislipError::Server { fatal: true, code: 3, .. });
+            let permanent = matches!(
+                e,
+                HislipError::Server {
+                    fatal: true,
+                    code: 3,
+                    ..
+                }
+            );
             Err((e.to_string(), permanent))
         }
     }

@@ -59,7 +59,10 @@ impl MessageIo for Vxi11Link {
     fn write_msg<'a>(&'a mut self, msg: &'a [u8]) -> BoxFuture<'a, Result<(), MessageError>> {
         Box::pin(async move {
             self.client.set_io_timeout(self.timeout);
-            self.client.write(msg).await.map_err(|e| map(e, self.timeout))
+            self.client
+                .write(msg)
+                .await
+                .map_err(|e| map(e, self.timeout))
         })
     }
 
@@ -70,10 +73,7 @@ impl MessageIo for Vxi11Link {
         Box::pin(async move {
             self.client.set_io_timeout(spec.timeout);
             self.client.set_max_reply(spec.max);
-            self.client
-                .read()
-                .await
-                .map_err(|e| map(e, spec.timeout))
+            self.client.read().await.map_err(|e| map(e, spec.timeout))
         })
     }
 

@@ -216,12 +216,7 @@ async fn serve_conn(
             serve_async(&mut s, max).await
         }
         _ => {
-            fatal(
-                &mut s,
-                3,
-                &format!("{} before Initialize", h.type_name()),
-            )
-            .await?;
+            fatal(&mut s, 3, &format!("{} before Initialize", h.type_name())).await?;
             Ok(())
         }
     }
@@ -260,9 +255,10 @@ async fn serve_async(s: &mut TcpStream, client_max: Arc<AtomicU64>) -> io::Resul
                 Header::new(MsgType::AsyncDeviceClearAcknowledge, 0, 0, 0),
                 Vec::new(),
             ),
-            Some(MsgType::AsyncStatusQuery) => {
-                (Header::new(MsgType::AsyncStatusResponse, 0, 0, 0), Vec::new())
-            }
+            Some(MsgType::AsyncStatusQuery) => (
+                Header::new(MsgType::AsyncStatusResponse, 0, 0, 0),
+                Vec::new(),
+            ),
             Some(MsgType::AsyncLockInfo) => (
                 Header::new(MsgType::AsyncLockInfoResponse, 0, 0, 0),
                 Vec::new(),

@@ -427,7 +427,9 @@ async fn serve_core(
                                     Some(mut msg) => {
                                         let term = (flags & proto::FLAG_TERMCHRSET != 0)
                                             .then_some(term as u8);
-                                        let limit = request.max(1).min(cfg.read_chunk.unwrap_or(usize::MAX).max(1));
+                                        let limit = request
+                                            .max(1)
+                                            .min(cfg.read_chunk.unwrap_or(usize::MAX).max(1));
                                         let mut cut = msg.len().min(limit);
                                         let mut reason = 0;
                                         if let Some(t) = term

@@ -195,8 +195,7 @@ impl RpcConn {
         call: &'static str,
     ) -> Result<RpcConn, Vxi11Error> {
         let endpoint = endpoint(host, port);
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect((host, port))).await
-        {
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect((host, port))).await {
             Ok(Ok(s)) => s,
             Ok(Err(source)) => {
                 return Err(Vxi11Error::Io {

@@ -207,11 +207,15 @@ pub fn parse_reply(record: &[u8], xid: u32) -> Result<Result<&[u8], RpcFailure>,
     let mut r = XdrReader::new(record);
     let got = r.u32()?;
     if got != xid {
-        return Err(format!("reply xid {got:#x} does not match call xid {xid:#x}"));
+        return Err(format!(
+            "reply xid {got:#x} does not match call xid {xid:#x}"
+        ));
     }
     let mtype = r.u32()?;
     if mtype != MSG_REPLY {
-        return Err(format!("message type {mtype} where a reply (1) was expected"));
+        return Err(format!(
+            "message type {mtype} where a reply (1) was expected"
+        ));
     }
     match r.u32()? {
         0 => {
@@ -337,7 +341,10 @@ mod tests {
         let mut res = XdrWriter::new();
         res.u32(4321);
         let reply = accepted_reply(7, Ok(&res.into_bytes()));
-        assert_eq!(parse_reply(&reply, 7).unwrap().unwrap(), &[0, 0, 0x10, 0xe1]);
+        assert_eq!(
+            parse_reply(&reply, 7).unwrap().unwrap(),
+            &[0, 0, 0x10, 0xe1]
+        );
         assert!(parse_reply(&reply, 8).is_err());
         let refused = accepted_reply(9, Err(RpcFailure::ProgMismatch { low: 1, high: 1 }));
         assert_eq!(
