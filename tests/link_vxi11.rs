@@ -297,3 +297,29 @@ async fn silent_vxi11_instrument_is_a_link_timeout() {
     let text = e.to_string();
     assert!(text.contains("no reply"), "{text}");
 }
+
+#[test]
+fn check_names_bad_vxi11_keys_with_their_position() {
+    let dir = common::test_dir();
+    let text = vxi11_config(0, dir.path())
+        .replace("portmap_port = 0\n", "portmap_port = 0\nport = 1024\n");
+    let path = dir.path().join("labgate.toml");
+    std::fs::write(&path, &text).unwrap();
+    let d = labgate::config::load(&path).unwrap_err().to_string();
+    assert!(d.contains("portmap_port must not be 0"), "{d}");
+    // The diagnostic points at the line of the key.
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("portmap_port"))
+        .unwrap()
+        + 1;
+    assert!(d.contains(&format!("labgate.toml:{line}:")), "{d}");
+    // A core port cannot be set: VXI-11 finds it through the portmapper.
+    assert!(
+        d.contains(&format!(
+            "labgate.toml:{}:1: links.pa_vxi.port: unknown key",
+            line + 1
+        )),
+        "{d}"
+    );
+}
