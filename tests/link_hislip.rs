@@ -151,6 +151,22 @@ async fn silent_instrument_times_out() {
 }
 
 #[tokio::test]
+async fn a_reply_over_the_bound_is_refused_before_it_is_read() {
+    let s = sim::start(HislipSimConfig::default(), analyzer())
+        .await
+        .unwrap();
+    let mut o = opts(&s);
+    o.max_reply = 10;
+    let mut c = HislipClient::connect(o).await.unwrap();
+    let e = query(&mut c, "*IDN?").await.unwrap_err();
+    assert!(
+        matches!(e, HislipError::ReplyTooLong { max: 10, .. }),
+        "{e}"
+    );
+    assert!(e.needs_reconnect());
+}
+
+#[tokio::test]
 async fn nothing_listening_is_an_io_error() {
     let free = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

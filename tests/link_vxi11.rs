@@ -174,6 +174,22 @@ async fn rpc_refusals_and_missing_servers_are_named() {
 }
 
 #[tokio::test]
+async fn a_reply_over_the_bound_is_refused() {
+    let cfg = Vxi11SimConfig {
+        read_chunk: Some(4),
+        ..Default::default()
+    };
+    let s = sim::start(cfg, analyzer()).await.unwrap();
+    let mut o = opts(&s);
+    o.max_reply = 10;
+    let mut c = Vxi11Client::connect(o).await.unwrap();
+    c.write(b"*IDN?\n").await.unwrap();
+    let e = timeout(BOUND, c.read()).await.unwrap().unwrap_err();
+    assert!(matches!(e, Vxi11Error::ReplyTooLong { max: 10, .. }), "{e}");
+    assert!(e.needs_reconnect());
+}
+
+#[tokio::test]
 async fn drop_after_fault_closes_the_connection() {
     let cfg = Vxi11SimConfig {
         faults: Faults {

@@ -294,7 +294,22 @@ impl HislipClient {
                         op: OP,
                         message,
                     })?;
-                if h.len > (max - out.len().min(max)) as u64 + 4096 {
+                let is_data = matches!(h.kind, Some(MsgType::Data) | Some(MsgType::DataEnd));
+                let current = h.param == ANY_MESSAGE_ID || Some(h.param) == self.last_sent;
+                if is_data && !current {
+                    tracing::debug!(endpoint = %self.endpoint, id = h.param, "hislip: discarding a reply to an older message");
+                    wire::discard_payload(&mut self.sync, h.len)
+                        .await
+                        .map_err(|e| io_err(&self.endpoint, OP, e))?;
+                    continue;
+                }
+                // Checked before reading, so a corrupt length cannot make us allocate it.
+                let room = if is_data {
+                    max.saturating_sub(out.len()) as u64
+                } else {
+                    64 * 1024
+                };
+                if h.len > room {
                     return Err(HislipError::ReplyTooLong {
                         endpoint: self.endpoint.clone(),
                         max,
@@ -305,17 +320,6 @@ impl HislipClient {
                     .map_err(|e| io_err(&self.endpoint, OP, e))?;
                 match h.kind {
                     Some(MsgType::Data) | Some(MsgType::DataEnd) => {
-                        let current = h.param == ANY_MESSAGE_ID || Some(h.param) == self.last_sent;
-                        if !current {
-                            tracing::debug!(endpoint = %self.endpoint, id = h.param, "hislip: discarding a reply to an older message");
-                            continue;
-                        }
-                        if out.len() + payload.len() > max {
-                            return Err(HislipError::ReplyTooLong {
-                                endpoint: self.endpoint.clone(),
-                                max,
-                            });
-                        }
                         out.extend_from_slice(&payload);
                         if h.kind == Some(MsgType::DataEnd) {
                             self.rmt = true;
@@ -363,15 +367,23 @@ impl HislipClient {
                         op: OP,
                         message,
                     })?;
-                let payload = wire::read_payload(&mut self.sync, h.len.min(1 << 30))
-                    .await
-                    .map_err(|e| io_err(&self.endpoint, OP, e))?;
                 match h.kind {
-                    Some(MsgType::DeviceClearAcknowledge) => break,
-                    Some(MsgType::Error) | Some(MsgType::FatalError) => {
+                    Some(MsgType::DeviceClearAcknowledge) => {
+                        wire::discard_payload(&mut self.sync, h.len)
+                            .await
+                            .map_err(|e| io_err(&self.endpoint, OP, e))?;
+                        break;
+                    }
+                    Some(MsgType::Error) | Some(MsgType::FatalError) if h.len <= 64 * 1024 => {
+                        let payload = wire::read_payload(&mut self.sync, h.len)
+                            .await
+                            .map_err(|e| io_err(&self.endpoint, OP, e))?;
                         return Err(server_error(&self.endpoint, OP, &h, &payload));
                     }
-                    _ => continue,
+                    // Replies the clear makes obsolete.
+                    _ => wire::discard_payload(&mut self.sync, h.len)
+                        .await
+                        .map_err(|e| io_err(&self.endpoint, OP, e))?,
                 }
             }
             self.next_id = FIRST_MESSAGE_ID;

@@ -177,6 +177,18 @@ pub async fn read_payload<R: AsyncRead + Unpin>(r: &mut R, len: u64) -> io::Resu
     Ok(v)
 }
 
+/// Read and drop a payload of `len` bytes a piece at a time, so a message nobody wants (a stale
+/// reply) costs no memory however long it claims to be.
+pub async fn discard_payload<R: AsyncRead + Unpin>(r: &mut R, mut len: u64) -> io::Result<()> {
+    let mut buf = [0u8; 8192];
+    while len > 0 {
+        let n = len.min(buf.len() as u64) as usize;
+        r.read_exact(&mut buf[..n]).await?;
+        len -= n as u64;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
