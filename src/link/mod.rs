@@ -667,7 +667,10 @@ impl Actor {
         // After a timeout on a serial line the late reply can still be on its way, and reopening
         // the port does not stop it arriving: give it the link timeout to arrive, so the flush
         // on reopen discards it rather than the next request reading it as its answer.
-        if transport::is_serial_line(&self.spec.transport)
+        // A usbtmc node has no connection to drop either; its device clear on reopen covers a
+        // real device, the wait covers one that ignores it.
+        if (transport::is_serial_line(&self.spec.transport)
+            || matches!(self.spec.transport, Transport::Usbtmc { .. }))
             && matches!(error, LinkError::Timeout { .. })
         {
             delay = delay.max(self.spec.timeout);

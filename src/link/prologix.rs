@@ -51,6 +51,8 @@ pub struct Prologix {
     /// The address [`MessageIo::select`] asked for; applied before the next exchange.
     wanted: Option<u8>,
     version: String,
+    /// The adapter's `++read_tmo_ms` as last set.
+    read_tmo_ms: u64,
     /// After [`MessageIo::clear`]: addresses still to get a selected device clear (`++clr`).
     clear_pending: bool,
     cleared: BTreeSet<u8>,
@@ -62,7 +64,7 @@ impl Prologix {
         // A GPIB-USB adapter (a serial port) or a reconnect may hold the end of a reply the
         // previous session gave up on.
         transport::drain_stale(&mut stream).await;
-        let tmo = (timeout.as_millis() as u64).clamp(ADAPTER_READ_TMO_MS.0, ADAPTER_READ_TMO_MS.1);
+        let tmo = adapter_read_tmo(timeout);
         let setup = format!(
             "++savecfg 0\n++mode 1\n++auto 0\n++eos 3\n++eoi 1\n++read_tmo_ms {tmo}\n++ver\n"
         );
@@ -74,6 +76,7 @@ impl Prologix {
             current: None,
             wanted: None,
             version: String::new(),
+            read_tmo_ms: tmo,
             clear_pending: false,
             cleared: BTreeSet::new(),
         };
@@ -180,6 +183,14 @@ impl Prologix {
     }
 }
 
+/// The adapter's read timeout for a request timeout: it waits that long for the instrument's
+/// first (and each next) byte. Our own timeout fires at about the same time, and the `++ver`
+/// probe after it waits until the adapter has given up. A reply whose first byte takes longer
+/// than 3 s (the adapter's maximum) cannot come through a Prologix adapter.
+fn adapter_read_tmo(timeout: Duration) -> u64 {
+    (timeout.as_millis() as u64).clamp(ADAPTER_READ_TMO_MS.0, ADAPTER_READ_TMO_MS.1)
+}
+
 /// Escape data for the adapter: ESC before ESC, `+`, CR and LF, then the unescaped LF that ends
 /// the line.
 pub fn escape(data: &[u8]) -> Vec<u8> {
@@ -216,7 +227,14 @@ impl MessageIo for Prologix {
             self.apply_address().await?;
             // Anything buffered now is no answer to this request.
             self.buf.clear();
-            self.send(b"++read eoi\n").await?;
+            let tmo = adapter_read_tmo(spec.timeout);
+            if tmo != self.read_tmo_ms {
+                self.send(format!("++read_tmo_ms {tmo}\n++read eoi\n").as_bytes())
+                    .await?;
+                self.read_tmo_ms = tmo;
+            } else {
+                self.send(b"++read eoi\n").await?;
+            }
             let deadline = Instant::now() + spec.timeout;
             match self.read_until(spec.terminator, deadline, spec.max).await {
                 Err(MessageError::Timeout(_)) => Err(self.probe(spec.timeout).await),

@@ -41,6 +41,8 @@ pub struct Usbtmc {
     kernel: bool,
     /// The timeout last set in the kernel driver, so it is set only when it changes.
     kernel_timeout_ms: Option<u32>,
+    /// Not a usbtmc node: bytes read past the last reply's terminator (the node is a stream).
+    pending: Vec<u8>,
 }
 
 impl Usbtmc {
@@ -62,6 +64,7 @@ impl Usbtmc {
             path: path.to_path_buf(),
             kernel: false,
             kernel_timeout_ms: None,
+            pending: Vec::new(),
         };
         match dev.set_kernel_timeout(timeout) {
             Ok(()) => dev.kernel = true,
@@ -143,6 +146,55 @@ fn poll_readable(fd: i32, deadline: Instant) -> io::Result<bool> {
     }
 }
 
+/// One read() on a usbtmc node is one reply.
+fn read_message(file: &File, max: usize, timeout: Duration) -> Result<Vec<u8>, MessageError> {
+    // One byte more than allowed tells an over-long reply from one that fits.
+    let mut buf = vec![0u8; max.saturating_add(1).min(64 * 1024 * 1024)];
+    let n = (&*file).read(&mut buf).map_err(|e| map_io(e, timeout))?;
+    if n > max {
+        return Err(MessageError::TooLong { max });
+    }
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// A node without message boundaries: a reply ends at the first terminator; what follows stays
+/// in `pending` for the next read.
+fn read_framed(
+    file: &File,
+    pending: &mut Vec<u8>,
+    terminator: &[u8],
+    max: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, MessageError> {
+    if terminator.is_empty() {
+        return Err(MessageError::Unsupported(
+            "a node that is not a usbtmc device needs a read termination".into(),
+        ));
+    }
+    let deadline = Instant::now() + timeout;
+    let fd = file.as_raw_fd();
+    let mut chunk = [0u8; 8192];
+    loop {
+        if let Some(pos) = memchr::memmem::find(pending, terminator) {
+            let rest = pending.split_off(pos + terminator.len());
+            return Ok(std::mem::replace(pending, rest));
+        }
+        if pending.len() > max {
+            pending.clear();
+            return Err(MessageError::TooLong { max });
+        }
+        if !poll_readable(fd, deadline).map_err(|e| map_io(e, timeout))? {
+            return Err(MessageError::Timeout(timeout));
+        }
+        let n = (&*file).read(&mut chunk).map_err(|e| map_io(e, timeout))?;
+        if n == 0 {
+            return Err(MessageError::Closed);
+        }
+        pending.extend_from_slice(&chunk[..n]);
+    }
+}
+
 impl MessageIo for Usbtmc {
     fn write_msg<'a>(&'a mut self, msg: &'a [u8]) -> BoxFuture<'a, Result<(), MessageError>> {
         Box::pin(async move {
@@ -181,46 +233,24 @@ impl MessageIo for Usbtmc {
             let max = spec.max;
             let terminator = spec.terminator.to_vec();
             let timeout = spec.timeout;
-            tokio::task::spawn_blocking(move || -> Result<Vec<u8>, MessageError> {
-                // One byte more than allowed tells an over-long reply from one that fits.
-                let mut buf = vec![0u8; max.saturating_add(1).min(64 * 1024 * 1024)];
-                if kernel {
-                    let n = (&*file).read(&mut buf).map_err(|e| map_io(e, timeout))?;
-                    if n > max {
-                        return Err(MessageError::TooLong { max });
-                    }
-                    buf.truncate(n);
-                    return Ok(buf);
-                }
-                let deadline = Instant::now() + timeout;
-                let fd = file.as_raw_fd();
-                let mut len = 0;
-                loop {
-                    if !poll_readable(fd, deadline).map_err(|e| map_io(e, timeout))? {
-                        return Err(MessageError::Timeout(timeout));
-                    }
-                    let n = (&*file)
-                        .read(&mut buf[len..])
-                        .map_err(|e| map_io(e, timeout))?;
-                    if n == 0 {
-                        return Err(MessageError::Closed);
-                    }
-                    len += n;
-                    if len > max {
-                        return Err(MessageError::TooLong { max });
-                    }
-                    if terminator.is_empty() || buf[..len].ends_with(&terminator) {
-                        buf.truncate(len);
-                        return Ok(buf);
-                    }
-                }
+            let mut pending = std::mem::take(&mut self.pending);
+            let (result, rest) = tokio::task::spawn_blocking(move || {
+                let r = if kernel {
+                    read_message(&file, max, timeout)
+                } else {
+                    read_framed(&file, &mut pending, &terminator, max, timeout)
+                };
+                (r, pending)
             })
             .await
-            .map_err(|e| MessageError::Io(io::Error::other(e)))?
+            .map_err(|e| MessageError::Io(io::Error::other(e)))?;
+            self.pending = rest;
+            result
         })
     }
 
     fn clear(&mut self) -> BoxFuture<'_, Result<(), MessageError>> {
+        self.pending.clear();
         Box::pin(async move {
             let file = self.file.clone();
             let kernel = self.kernel;

@@ -8,6 +8,7 @@ pub mod logger;
 pub mod modbus;
 pub mod plant;
 pub mod power_analyzer;
+pub mod prologix;
 pub mod pty;
 pub mod scpi_server;
 pub mod sphere;
