@@ -279,3 +279,38 @@ async fn wrong_sub_address_leaves_the_link_failed_with_the_reason() {
         "{err}"
     );
 }
+
+/// A triggered measurement over HiSLIP: the `*OPC?` reply comes later than the link timeout, so
+/// this passes only if the read waits for the query's own timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sphere_measurement_waits_for_opc_over_hislip() {
+    use labgate::sim::sphere::{Sphere, SphereConfig};
+    let sphere = Sphere::new(
+        Plant::new(PlantConfig::default()),
+        SphereConfig {
+            integration_time: Duration::from_millis(1500),
+        },
+    );
+    let factory: DeviceFactory =
+        Arc::new(move || -> Box<dyn ScpiDevice> { Box::new(sphere.clone()) });
+    let s = sim::start(HislipSimConfig::default(), factory)
+        .await
+        .unwrap();
+    let dir = common::test_dir();
+    let text = hislip_config(s.addr.port(), "hislip0", dir.path())
+        .replace("yokogawa-wt310e", "labgate-sim-sphere")
+        .replace("pa1", "sphere1");
+    let bench = common::load_config(dir.path(), &text);
+    let gw = labgate::gateway::Gateway::start(&bench);
+    let sphere = gw.instrument("sphere1").unwrap();
+    common::wait_connected(sphere.link()).await;
+    let r = timeout(BOUND, sphere.measure("spectrum"))
+        .await
+        .unwrap()
+        .unwrap();
+    let spd = r.iter().find(|r| r.quantity == "spd").expect("spd");
+    match &spd.value {
+        labgate::reading::Value::List(v) => assert_eq!(v.len(), 401),
+        other => panic!("{other:?}"),
+    }
+}

@@ -339,3 +339,39 @@ fn check_names_bad_vxi11_keys_with_their_position() {
         "{d}"
     );
 }
+
+/// A triggered measurement over VXI-11: `*OPC?` is held by the instrument longer than the link
+/// timeout, so this passes only if the query's own timeout reaches the instrument as its I/O
+/// timeout; then a 401-value spectrum comes back in one reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sphere_measurement_waits_for_opc_over_vxi11() {
+    use labgate::sim::sphere::{Sphere, SphereConfig};
+    let sphere = Sphere::new(
+        Plant::new(PlantConfig::default()),
+        SphereConfig {
+            integration_time: Duration::from_millis(1500),
+        },
+    );
+    let factory: DeviceFactory =
+        Arc::new(move || -> Box<dyn ScpiDevice> { Box::new(sphere.clone()) });
+    let s = sim::start(Vxi11SimConfig::default(), factory)
+        .await
+        .unwrap();
+    let dir = common::test_dir();
+    let text = vxi11_config(s.portmap.port(), dir.path())
+        .replace("yokogawa-wt310e", "labgate-sim-sphere")
+        .replace("pa1", "sphere1");
+    let bench = common::load_config(dir.path(), &text);
+    let gw = labgate::gateway::Gateway::start(&bench);
+    let sphere = gw.instrument("sphere1").unwrap();
+    common::wait_connected(sphere.link()).await;
+    let r = timeout(BOUND, sphere.measure("spectrum"))
+        .await
+        .unwrap()
+        .unwrap();
+    let spd = r.iter().find(|r| r.quantity == "spd").expect("spd");
+    match &spd.value {
+        labgate::reading::Value::List(v) => assert_eq!(v.len(), 401),
+        other => panic!("{other:?}"),
+    }
+}
