@@ -21,9 +21,10 @@
 //! - still wraps every call in its own `tokio::time::timeout` (the `timeout` passed in plus
 //!   [`PROBE_GRACE`]), so an implementation that forgets a bound cannot hang the link.
 //!
-//! How to add a kind (VXI-11, HiSLIP): implement [`MessageIo`] for the protocol's client, return
-//! it from [`open`] for its `Transport` variant (now the "not built yet" arms), and that is all:
-//! config keys and `labgate check` diagnostics for every kind already exist in `config`.
+//! How to add a kind: implement [`MessageIo`] for the protocol's client and return it from
+//! [`open`] for its `Transport` variant, as `vxi11.rs` and `hislip.rs` do for
+//! [`crate::vxi11`] and [`crate::hislip`]; config keys and `labgate check` diagnostics live in
+//! `config`.
 //!
 //! The futures are boxed so the actor can hold a `Box<dyn MessageIo>` without caring which kind.
 
@@ -141,7 +142,7 @@ pub fn is_addressed_transport(t: &Transport) -> bool {
 }
 
 /// Open a message transport. `Err((message, permanent))` like the actor's other openers:
-/// `permanent` when retrying soon will not help (permission denied, kind not built).
+/// `permanent` when retrying soon will not help (permission denied, a server of another kind).
 pub async fn open(t: &Transport, timeout: Duration) -> Result<Box<dyn MessageIo>, (String, bool)> {
     let io_err = |e: std::io::Error| {
         let permanent = e.kind() == std::io::ErrorKind::PermissionDenied;
