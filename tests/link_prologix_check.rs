@@ -104,7 +104,8 @@ unit = 2
         bench.links["vx"].transport,
         Transport::Vxi11 {
             host: "10.0.0.5".into(),
-            device: "inst0".into()
+            device: "inst0".into(),
+            portmap_port: 111
         }
     );
     assert_eq!(

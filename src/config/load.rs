@@ -151,7 +151,7 @@ const TCP_KEYS: &[&str] = &["host", "port", "baud"];
 const USBTMC_KEYS: &[&str] = &["device"];
 const PROLOGIX_KEYS: &[&str] = &["host", "port"];
 const PROLOGIX_SERIAL_KEYS: &[&str] = &["device", "baud"];
-const VXI11_KEYS: &[&str] = &["host", "device"];
+const VXI11_KEYS: &[&str] = &["host", "device", "portmap_port"];
 const HISLIP_KEYS: &[&str] = &["host", "port", "device"];
 /// Every link kind and the transport keys it takes.
 const KINDS: &[(&str, &[&str])] = &[
@@ -228,6 +228,8 @@ struct Vxi11Fields {
     host: String,
     #[serde(default = "vxi11_device")]
     device: String,
+    #[serde(default = "portmap_port")]
+    portmap_port: u16,
 }
 
 #[derive(Deserialize)]
@@ -248,6 +250,9 @@ fn prologix_baud() -> u32 {
 }
 fn vxi11_device() -> String {
     DEFAULT_VXI11_DEVICE.into()
+}
+fn portmap_port() -> u16 {
+    DEFAULT_PORTMAP_PORT
 }
 fn hislip_port() -> u16 {
     DEFAULT_HISLIP_PORT
@@ -553,6 +558,7 @@ fn decode_link(
             .map(|t| Transport::Vxi11 {
                 host: t.host,
                 device: t.device,
+                portmap_port: t.portmap_port,
             }),
         Some("hislip") => source
             .decode::<HislipFields>(&key, &transport_v, diags)
@@ -735,8 +741,18 @@ impl Check<'_, '_> {
                     );
                 }
             }
-            Transport::Vxi11 { host, device } => {
+            Transport::Vxi11 {
+                host,
+                device,
+                portmap_port,
+            } => {
                 host_port(self, host, 1);
+                if *portmap_port == 0 {
+                    self.err(
+                        &["links", name, "portmap_port"],
+                        "portmap_port must not be 0 (instruments use 111)",
+                    );
+                }
                 if device.trim().is_empty() {
                     self.err(
                         &["links", name, "device"],

@@ -161,6 +161,9 @@ pub enum Transport {
         host: String,
         #[serde(default = "default_vxi11_device")]
         device: String,
+        /// Where the instrument's portmapper listens; 111 everywhere but in tests.
+        #[serde(default = "default_portmap_port")]
+        portmap_port: u16,
     },
     /// HiSLIP (IVI-6.1).
     Hislip {
@@ -176,6 +179,7 @@ pub const DEFAULT_PROLOGIX_PORT: u16 = 1234;
 pub const DEFAULT_PROLOGIX_BAUD: u32 = 115_200;
 pub const DEFAULT_VXI11_DEVICE: &str = "inst0";
 pub const DEFAULT_HISLIP_PORT: u16 = 4880;
+pub const DEFAULT_PORTMAP_PORT: u16 = 111;
 pub const DEFAULT_HISLIP_DEVICE: &str = "hislip0";
 
 fn default_prologix_port() -> u16 {
@@ -186,6 +190,9 @@ fn default_prologix_baud() -> u32 {
 }
 fn default_vxi11_device() -> String {
     DEFAULT_VXI11_DEVICE.into()
+}
+fn default_portmap_port() -> u16 {
+    DEFAULT_PORTMAP_PORT
 }
 fn default_hislip_port() -> u16 {
     DEFAULT_HISLIP_PORT

@@ -23,15 +23,10 @@
 //! - still wraps every call in its own `tokio::time::timeout` (the `timeout` passed in plus
 //!   [`PROBE_GRACE`]), so an implementation that forgets a bound cannot hang the link.
 //!
-//! How to add a kind (VXI-11, HiSLIP): implement [`MessageIo`] for the protocol's client
-//! (`write_msg` = device_write / DataEnd, `read_msg` = device_read until END / Data until
-//! DataEnd, `clear` = device_clear / AsyncDeviceClear), open and handshake it in [`open`] for
-//! its `Transport` variant (now the "not built yet" arms; `Err((message, permanent))`, bounded
-//! by the link's `connect_timeout`), and return protocol error codes as
-//! [`MessageError::Protocol`] with the code in the text. That is all: the `Transport::Vxi11 {
-//! host, device }` and `Transport::Hislip { host, port, device }` config keys, their defaults
-//! and `labgate check` diagnostics already exist in `config`, and `transport::describe` names
-//! them in messages.
+//! How to add a kind: implement [`MessageIo`] for the protocol's client and return it from
+//! [`open`] for its `Transport` variant, as `vxi11.rs` and `hislip.rs` do for
+//! [`crate::vxi11`] and [`crate::hislip`]; config keys and `labgate check` diagnostics live in
+//! `config`.
 //!
 //! The futures are boxed so the actor can hold a `Box<dyn MessageIo>` without caring which kind.
 
@@ -149,7 +144,7 @@ pub fn is_addressed_transport(t: &Transport) -> bool {
 }
 
 /// Open a message transport. `Err((message, permanent))` like the actor's other openers:
-/// `permanent` when retrying soon will not help (permission denied, kind not built).
+/// `permanent` when retrying soon will not help (permission denied, a server of another kind).
 pub async fn open(t: &Transport, timeout: Duration) -> Result<Box<dyn MessageIo>, (String, bool)> {
     let io_err = |e: std::io::Error| {
         let permanent = e.kind() == std::io::ErrorKind::PermissionDenied;
@@ -170,8 +165,18 @@ pub async fn open(t: &Transport, timeout: Duration) -> Result<Box<dyn MessageIo>
                 .map(|d| Box::new(d) as Box<dyn MessageIo>)
                 .map_err(|e| (e.to_string(), false))
         }
-        Transport::Vxi11 { .. } => Err(("vxi11 links are not built yet".into(), true)),
-        Transport::Hislip { .. } => Err(("hislip links are not built yet".into(), true)),
+        Transport::Vxi11 {
+            host,
+            device,
+            portmap_port,
+        } => super::vxi11::open(host, *portmap_port, device, timeout)
+            .await
+            .map(|d| Box::new(d) as Box<dyn MessageIo>),
+        Transport::Hislip { host, port, device } => {
+            super::hislip::open(host, *port, device, timeout)
+                .await
+                .map(|d| Box::new(d) as Box<dyn MessageIo>)
+        }
         Transport::Tcp { .. } | Transport::Serial { .. } | Transport::SerialServer { .. } => {
             Err(("not a message transport".into(), true))
         }

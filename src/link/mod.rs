@@ -14,10 +14,12 @@
 //! [`LinkHandle::at_address`] and each address is prepared (init, identity) on first use.
 
 pub mod backoff;
+pub mod hislip;
 pub mod message;
 pub mod prologix;
 pub mod transport;
 pub mod usbtmc;
+pub mod vxi11;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -95,7 +95,17 @@ pub fn describe(t: &Transport) -> String {
         Transport::Usbtmc { device } => format!("usbtmc {}", device.display()),
         Transport::Prologix { host, port } => format!("prologix {}", hostport(host, *port)),
         Transport::PrologixSerial { device, .. } => format!("prologix {}", device.display()),
-        Transport::Vxi11 { host, device } => format!("vxi11 {host}/{device}"),
+        Transport::Vxi11 {
+            host,
+            device,
+            portmap_port,
+        } => {
+            if *portmap_port == crate::config::schema::DEFAULT_PORTMAP_PORT {
+                format!("vxi11 {host}/{device}")
+            } else {
+                format!("vxi11 {host}/{device} (portmapper port {portmap_port})")
+            }
+        }
         Transport::Hislip { host, port, device } => {
             format!("hislip {}/{device}", hostport(host, *port))
         }

@@ -3,6 +3,7 @@
 pub mod ac_source;
 pub mod bench;
 pub mod fault;
+pub mod hislip;
 pub mod logger;
 pub mod modbus;
 pub mod plant;
@@ -11,3 +12,4 @@ pub mod prologix;
 pub mod pty;
 pub mod scpi_server;
 pub mod sphere;
+pub mod vxi11;
