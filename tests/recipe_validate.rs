@@ -125,7 +125,7 @@ bad.toml:21:10: steps[0].action: driver `chroma-61500` has no action `set_voltag
 bad.toml:28:18: steps[1].args.volts: action "set_voltage": argument "volts" = 460 V is out of range 0..300 V
 bad.toml:32:8: steps[2].role: role `analyzer` is not listed in [recipe] roles (source, analyser)
 bad.toml:33:26: steps[2].quantities[1]: driver `yokogawa-wt310e` has no quantity `powr` (did you mean `power`?)
-bad.toml:34:26: steps[2].limits.voltage.min: `0.9 * rated_flux`: unit mismatch: `rated_flux` is in lm but the value compared is in V
+bad.toml:34:26: steps[2].limits.voltage.min: `0.9 * rated_flux`: unit mismatch: the expression is in lm but the value compared is in V
 bad.toml:35:8: steps[2].limits.current: limit for `current`, which this step does not measure (it measures: voltage, powr)
 bad.toml:39:8: steps[3].role: role `sphere` is not listed in [recipe] roles (source, analyser)
 bad.toml:40:15: steps[3].quantities[0]: `flux` only exists after a triggered measurement: add `measurement = "..."` (driver `labgate-sim-sphere` has: spectrum)
@@ -135,7 +135,7 @@ bad.toml:51:8: steps[5].expr: `efficacy * 2 + nothing`: unknown variable `nothin
 bad.toml:52:21: steps[5].limit.nominal: nominal needs exactly one of tolerance, tolerance_pct, tolerance_ppm
 bad.toml:55:8: steps[6].kind: unknown step kind `wiat` (did you mean `wait`?)
 bad.toml:61:1: steps[7].sampels: unknown key `sampels` (known: duration)
-bad.toml:65:12: steps[8].duration: `settle`: unit mismatch: `settle` is in degC but a duration needs a time unit (s, ms, min, h)
+bad.toml:65:12: steps[8].duration: `settle`: unit mismatch: the expression is in degC but a duration needs s
 bad.toml:77:18: steps[9].steps[0].args.volts: action "set_voltage": argument "volts" = 320 V is out of range 0..300 V (at volts = 320V)
 bad.toml:81:8: cleanup[0].role: role `sourse` is not listed in [recipe] roles (source, analyser)
 bad.toml:81:8: cleanup[0].role: station `demo` has no role `sourse` (did you mean `source`?)"#;
@@ -207,7 +207,7 @@ limits.current = { max = "max_temp" }
     let got = problems(text, &[]);
     assert_eq!(
         got,
-        "bad.toml:24:26: steps[1].limits.current.max: `max_temp`: unit mismatch: `max_temp` is in degC but the value compared is in A",
+        "bad.toml:24:26: steps[1].limits.current.max: `max_temp`: unit mismatch: the expression is in degC but the value compared is in A",
         "\n{got}"
     );
 }
@@ -291,7 +291,7 @@ timeout = "3h"
 [[steps]]
 kind = "compute"
 output = "soak_s"
-expr = "soak * 3600"
+expr = "soak"
 unit = "s"
 limit = { nominal = 7200, tolerance = 0.001 }
 "#;
