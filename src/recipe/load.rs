@@ -1207,11 +1207,10 @@ impl Validator<'_> {
             Ok(e) => {
                 let mut problems = Vec::new();
                 for v in e.variables() {
-                    match scope.get(&v) {
-                        None => problems.push(format!(
+                    if !scope.contains_key(&v) {
+                        problems.push(format!(
                             "`{t}`: `{v}` is not a parameter (durations may use parameters only)"
-                        )),
-                        Some(_) => {}
+                        ));
                     }
                 }
                 if problems.is_empty() {

@@ -31,10 +31,13 @@ const PREFIXES: &[(&str, f64)] = &[
     ("G", 1e9),
 ];
 
+/// A named unit: (name, scale to the base units, base dimensions with their powers).
+type Named = (&'static str, f64, &'static [(&'static str, i32)]);
+
 /// Units that take SI prefixes, as (name, scale, base dimensions). W, VA and var are all V*A:
 /// they are distinct quantities but one dimension, which is what makes `power / apparent_power`
 /// a plain ratio.
-const PREFIXABLE: &[(&str, f64, &[(&str, i32)])] = &[
+const PREFIXABLE: &[Named] = &[
     ("V", 1.0, &[("V", 1)]),
     ("A", 1.0, &[("A", 1)]),
     ("W", 1.0, &[("V", 1), ("A", 1)]),
@@ -52,7 +55,7 @@ const PREFIXABLE: &[(&str, f64, &[(&str, i32)])] = &[
 /// Units without prefixes. `K` is kelvin (colour temperature here), not a prefix of anything;
 /// `degC` is its own dimension: it never converts to `K`, so the 273.15 offset never matters and
 /// a difference of two `degC` values (a band, a rise) is in `degC` too.
-const FIXED: &[(&str, f64, &[(&str, i32)])] = &[
+const FIXED: &[Named] = &[
     ("%", 0.01, &[]),
     ("ppm", 1e-6, &[]),
     ("min", 60.0, &[("s", 1)]),
@@ -233,7 +236,7 @@ fn from_table(name: &str, scale: f64, dims: &[(&str, i32)]) -> Unit {
 
 /// One unit name, prefix included.
 fn atom(name: &str) -> Unit {
-    let find = |table: &[(&str, f64, &[(&str, i32)])], n: &str| {
+    let find = |table: &[Named], n: &str| {
         table
             .iter()
             .find(|(t, ..)| *t == n)
