@@ -555,7 +555,7 @@ timeout = "100ms"
 async fn group_retries_until_its_steps_pass() {
     let env = env().await;
     // Try 1 reads the 100 V setpoint (fails), then programs 230 V; try 2 passes.
-    let group = |tries: u32, fix: f64| {
+    let group = |tries: u32, fix: f64, on_fail: &str| {
         format!(
             r#"[recipe]
 name = "g"
@@ -572,6 +572,7 @@ kind = "group"
 name = "settle setpoint"
 tries = {tries}
 retry_delay = "10ms"
+on_fail = "{on_fail}"
 
 [[steps.steps]]
 kind = "measure"
@@ -585,10 +586,15 @@ kind = "act"
 role = "source"
 action = "set_voltage"
 args = {{ volts = {fix} }}
+
+[[steps]]
+kind = "wait"
+name = "after"
+duration = "1ms"
 "#
         )
     };
-    let ran = run_text(&env, &group(3, 230.0)).await;
+    let ran = run_text(&env, &group(3, 230.0, "continue")).await;
     assert_eq!(
         ran.outcome.verdict,
         RunVerdict::Pass,
@@ -606,11 +612,29 @@ args = {{ volts = {fix} }}
     assert_eq!(reads[1].verdict, Some(Verdict::Pass));
     assert_eq!(ran.step("settle setpoint").status, Some(StepStatus::Pass));
 
-    let ran = run_text(&env, &group(2, 100.0)).await;
+    // At the last try the group fails; its on_fail decides: continue with the next step...
+    let ran = run_text(&env, &group(2, 100.0, "continue")).await;
     assert_eq!(ran.outcome.verdict, RunVerdict::Fail);
     let step = ran.step("settle setpoint");
     assert_eq!(step.status, Some(StepStatus::Fail));
     assert_eq!(step.message.as_deref(), Some("still failing after 2 tries"));
+    assert_eq!(ran.step("after").status, Some(StepStatus::Pass));
+
+    // ...or stop the run there (every try's measurements stay stored).
+    let ran = run_text(&env, &group(2, 100.0, "stop")).await;
+    assert_eq!(ran.outcome.verdict, RunVerdict::Fail);
+    assert_eq!(ran.step("settle setpoint").status, Some(StepStatus::Fail));
+    assert!(
+        ran.detail.steps.iter().all(|s| s.name != "after"),
+        "stopped"
+    );
+    let fails = ran
+        .detail
+        .measurements
+        .iter()
+        .filter(|m| m.name == "voltage_setpoint" && m.verdict == Some(Verdict::Fail))
+        .count();
+    assert_eq!(fails, 2, "both tries stored");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -961,6 +985,13 @@ unit = "mV"
 limit = { min = 220, max = 240, unit = "V" }
 
 [[steps]]
+kind = "measure"
+name = "current again"
+role = "analyzer"
+quantities = ["current"]
+limits.current = { min = "current_ma * 0.5", max = "current_ma * 1.5" }
+
+[[steps]]
 kind = "check"
 name = "power vs rated"
 expr = "power / rated_power_mw"
@@ -988,6 +1019,23 @@ args = { on = false }
     assert_eq!(ran.measurement("current").unit, "A");
     assert!(i > 0.0);
     assert!(close(ran.value("current_ma"), 1000.0 * i));
+    // Limits from another measurement in mA, on a reading in A.
+    let again = ran
+        .detail
+        .measurements
+        .iter()
+        .rfind(|m| m.name == "current")
+        .unwrap();
+    assert!(
+        close(again.limits.max.unwrap(), 1.5 * i),
+        "{:?}",
+        again.limits
+    );
+    assert!(
+        close(again.limits.min.unwrap(), 0.5 * i),
+        "{:?}",
+        again.limits
+    );
     assert_eq!(ran.measurement("current_ma").unit, "mA");
     assert!(close(ran.value("twice_ma"), 2000.0 * i), "mA + A converted");
     let mv = ran.measurement("voltage_mv");
