@@ -324,3 +324,109 @@ limit = { nominal = 7200, tolerance = 0.001 }
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
 }
+
+/// The remaining classes of validation error, each reported (all at once) at its key.
+#[test]
+fn every_other_validation_class_at_once() {
+    let text = r#"[recipe]
+name = "classes"
+roles = ["source", "analyzer", "sphere"]
+
+[parameters.odd]
+unit = "V*"
+default = 1.0
+
+[[steps]]
+kind = "measure"
+role = "analyzer"
+quantities = []
+samples = 0
+interval = "soon"
+
+[[steps]]
+kind = "measure"
+role = "sphere"
+measurement = "spectrun"
+quantities = ["flux"]
+
+[[steps]]
+kind = "stabilize"
+role = "analyzer"
+quantities = ["power"]
+interval = "later * 2"
+readings = 1
+within = 1.0
+within_pct = 1.0
+max_duration = "1h"
+
+[[steps]]
+kind = "stabilize"
+role = "analyzer"
+quantities = ["power"]
+interval = "1s"
+max_duration = "1h"
+
+[[steps]]
+kind = "compute"
+output = "2nd-value"
+expr = "1"
+limit = { tolerance = 1 }
+
+[[steps]]
+kind = "check"
+expr = "1"
+limit = { nominal = 1, min = 0, tolerance = 1, marginal = 1, marginal_pct = 5 }
+
+[[steps]]
+kind = "confirm"
+prompt = " "
+
+[[steps]]
+kind = "group"
+tries = 0
+
+[[steps.steps]]
+kind = "wait"
+duration = "1s"
+
+[[steps]]
+kind = "sweep"
+var = "1x"
+values = [1.0]
+range = { from = 1, to = 2, step = 1 }
+
+[[steps.steps]]
+kind = "wait"
+duration = "1s"
+
+[[steps]]
+kind = "sweep"
+var = "v"
+
+[[steps]]
+name = "no kind"
+"#;
+    let got = problems(text, &[]);
+    let expected = "\
+bad.toml:6:8: parameters.odd.unit: bad unit `V*`: a term is missing
+bad.toml:12:14: steps[0].quantities: name at least one quantity
+bad.toml:13:11: steps[0].samples: samples must be at least 1
+bad.toml:14:12: steps[0].interval: `soon`: `soon` is not a parameter (durations may use parameters only)
+bad.toml:19:15: steps[1].measurement: driver `labgate-sim-sphere` has no measurement `spectrun` (did you mean `spectrum`?)
+bad.toml:26:12: steps[2].interval: `later * 2`: `later` is not a parameter (durations may use parameters only)
+bad.toml:27:12: steps[2].readings: readings must be at least 2
+bad.toml:28:10: steps[2].within: give within or within_pct, not both
+bad.toml:32:1: steps[3]: stabilize needs a band: within (absolute) or within_pct
+bad.toml:41:10: steps[4].output: `2nd-value` is not a name expressions can use (letters, digits, _)
+bad.toml:43:23: steps[4].limit.tolerance: a tolerance needs a nominal value
+bad.toml:48:21: steps[5].limit.nominal: give either nominal with a tolerance or min/max, not both
+bad.toml:48:59: steps[5].limit.marginal: give marginal or marginal_pct, not both
+bad.toml:52:10: steps[6].prompt: the prompt is empty
+bad.toml:56:9: steps[7].tries: tries must be at least 1
+bad.toml:64:7: steps[8].var: `1x` is not a usable variable name
+bad.toml:66:1: steps[8].range: give values or range, not both
+bad.toml:72:1: steps[9].steps: missing key (the steps to run for each value)
+bad.toml:72:1: steps[9].values: a sweep needs at least one value
+bad.toml:76:1: steps[10].kind: missing key (one of: act, measure, wait, stabilize, wait_until, compute, check, sweep, group, confirm)";
+    assert_eq!(got, expected, "\n--- got ---\n{got}\n");
+}
