@@ -75,6 +75,9 @@ struct Q {
     d: Dim,
 }
 
+/// The `what` of [`Expr::check`] for a step's declared unit.
+pub const DECLARES: &str = "the step declares";
+
 /// Functions with a unit rule, as shown in messages.
 const FUNCTIONS: &str = "min, max, if, math::abs, floor, round, ceil, math::sqrt, math::hypot, \
                          math::pow, math::ln, math::log, math::log2, math::log10, math::exp, \
@@ -172,8 +175,15 @@ impl Expr {
         };
         let q = Q { v: 0.0, d: dim };
         if into(&q, &tu).is_err() {
+            // A compute or check without `unit` is dimensionless: say what to declare.
+            let hint = match &q.d {
+                Dim::Of(u) if t.trim().is_empty() && what == DECLARES => {
+                    format!(" (declare `unit = \"{u}\"`)")
+                }
+                _ => String::new(),
+            };
             problems.push(format!(
-                "`{}`: unit mismatch: the expression is in {} but {what} {}",
+                "`{}`: unit mismatch: the expression is in {} but {what} {}{hint}",
                 self.text,
                 q.d.shown(),
                 units::shown(t)
@@ -667,11 +677,8 @@ mod tests {
         );
         assert!(infer("a = 1").is_err());
 
-        let check = |t: &str, target: &str| {
-            Expr::parse(t)
-                .unwrap()
-                .check(&s, Some(target), "the step declares")
-        };
+        let check =
+            |t: &str, target: &str| Expr::parse(t).unwrap().check(&s, Some(target), DECLARES);
         assert!(check("flux / power", "lm/W").is_empty());
         assert!(check("0.9 * rated_flux", "lm").is_empty());
         assert!(check("i", "A").is_empty());
@@ -686,6 +693,11 @@ mod tests {
         );
         let p = check("100 * power / apparent", "%");
         assert!(p[0].contains("drop the `100 *`"), "{p:?}");
+        let p = check("flux / power", "");
+        assert!(
+            p[0].ends_with("but the step declares (none) (declare `unit = \"lm/W\"`)"),
+            "{p:?}"
+        );
         let p = check("0.9 * rated_flx", "lm");
         assert!(
             p[0].contains("unknown variable `rated_flx`") && p[0].contains("rated_flux"),

@@ -844,7 +844,7 @@ impl Validator<'_> {
                     &c.expr,
                     scope,
                     Some(&c.unit),
-                    "the step declares",
+                    super::expr::DECLARES,
                 );
                 if let Some(spec) = &c.limit {
                     self.limit(l, "limit", spec, &c.unit, scope);
@@ -868,7 +868,7 @@ impl Validator<'_> {
                     &c.expr,
                     scope,
                     Some(&c.unit),
-                    "the step declares",
+                    super::expr::DECLARES,
                 );
                 self.limit(l, "limit", &c.limit, &c.unit, scope);
             }
