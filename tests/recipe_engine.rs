@@ -993,6 +993,13 @@ limits.current = { min = "current_ma * 0.5", max = "current_ma * 1.5" }
 
 [[steps]]
 kind = "check"
+name = "voltage band"
+expr = "voltage"
+unit = "V"
+limit = { nominal = "rated_kv", tolerance_ppm = 50000, marginal_pct = 10 }
+
+[[steps]]
+kind = "check"
 name = "power vs rated"
 expr = "power / rated_power_mw"
 unit = "%"
@@ -1042,6 +1049,15 @@ args = { on = false }
     assert!(close(mv.value.unwrap(), 1000.0 * v));
     assert!(close(mv.limits.min.unwrap(), 220_000.0), "{:?}", mv.limits);
     assert_eq!(mv.verdict, Some(Verdict::Pass));
+    // Nominal from a parameter in kV, +/- 50000 ppm, marginal band 10 % of the span.
+    let band = ran.measurement("voltage band").limits;
+    assert!(close(band.nominal.unwrap(), 230.0), "{band:?}");
+    assert!(
+        close(band.min.unwrap(), 218.5) && close(band.max.unwrap(), 241.5),
+        "{band:?}"
+    );
+    assert!(close(band.marginal_min.unwrap(), 220.8), "{band:?}");
+    assert!(close(band.marginal_max.unwrap(), 239.2), "{band:?}");
     let pct = ran.measurement("power vs rated");
     assert_eq!(pct.unit, "%");
     assert!(close(pct.value.unwrap(), 100.0 * ran.value("power") / 9.5));
