@@ -3,8 +3,10 @@
 //! Startup order: validate the config (and with it every driver), open the store, start the links
 //! and polls, install the metrics recorder, bind the API, then tell systemd READY=1. A reload
 //! (SIGHUP) loads and validates the new config whole before touching anything: a bad one is
-//! refused with a logged error and the running one stays. SIGTERM or Ctrl-C stop the API
-//! gracefully and exit 0.
+//! refused with a logged error and the running one stays; running runs keep the config version
+//! they started with. At start, runs a crash left unfinished are marked interrupted. SIGTERM or
+//! Ctrl-C: new runs are refused (503), running ones are aborted and their cleanup awaited
+//! (bounded by [`RUN_STOP_TIMEOUT`]), the API stops gracefully, the store is closed, exit 0.
 //!
 //! [`Live`] is everything one config version runs (bench, gateway, polls); the API reads it
 //! through [`crate::api::AppState`], which a reload swaps atomically. The router is built from a
@@ -33,6 +35,10 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8470";
 /// How long in-flight API requests get to finish after SIGTERM; below systemd's default
 /// TimeoutStopSec (90 s) with room to spare.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// How long aborted runs get for their cleanup (a source switched off, a chamber set back) at
+/// SIGTERM. With [`SHUTDOWN_GRACE`] it stays inside the unit's TimeoutStopSec (60 s).
+pub const RUN_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -189,6 +195,12 @@ async fn serve(opts: ServeOptions) -> Result<(), DaemonError> {
         .await
         .map_err(|e| DaemonError::Internal(e.to_string()))??;
     tracing::info!(message = "store open", path = %store.path().display());
+    // Before any run starts: a run still marked running was cut off by a crash.
+    let interrupted = store.mark_interrupted().await?;
+    if !interrupted.is_empty() {
+        let ids: Vec<String> = interrupted.iter().map(|r| r.to_string()).collect();
+        tracing::warn!(message = "runs left unfinished by the previous process marked interrupted", runs = %ids.join(","));
+    }
 
     let metrics = crate::metrics::install();
     let upkeep = metrics.clone().map(crate::metrics::spawn_upkeep);
@@ -237,6 +249,15 @@ async fn serve(opts: ServeOptions) -> Result<(), DaemonError> {
 
     notify(&[NotifyState::Stopping]);
     tracing::info!(message = "stopping");
+    // Runs first: their event streams end with their verdicts, which lets the server's graceful
+    // shutdown finish those connections.
+    let left = state.runs().shutdown(RUN_STOP_TIMEOUT).await;
+    if left > 0 {
+        tracing::error!(
+            message = "runs did not finish their cleanup in time",
+            runs = left
+        );
+    }
     let _ = stop_tx.send(true);
     match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
         Ok(Ok(Ok(()))) => {}
@@ -247,6 +268,9 @@ async fn serve(opts: ServeOptions) -> Result<(), DaemonError> {
     for t in [watchdog, upkeep].into_iter().flatten() {
         t.abort();
     }
+    // Every write returned after its commit; dropping the last handles ends the store's writer
+    // thread, which finishes its queue first.
+    drop(state);
     tracing::info!(message = "stopped");
     Ok(())
 }

@@ -37,18 +37,38 @@ impl Gateway {
             }
             // A SCPI stream addresses exactly one instrument (config validation enforces it), so
             // that instrument's driver decides the framing, init and identity check.
-            let setup = match (cfg.protocol, users.first()) {
-                (LinkProtocol::Scpi, Some(i)) => Some(instrument::scpi_setup(
-                    &i.driver.file,
-                    i.config.skip_identity,
-                )),
-                _ => None,
+            // On a shared bus (Prologix GPIB) each address has its own driver setup instead.
+            let addressed = link::message::is_addressed_transport(&cfg.transport);
+            let handle = if addressed {
+                let setups = users
+                    .iter()
+                    .filter_map(|i| {
+                        let a = i.config.address?;
+                        Some((
+                            a,
+                            instrument::scpi_setup(&i.driver.file, i.config.skip_identity),
+                        ))
+                    })
+                    .collect();
+                link::spawn_addressed(LinkSpec::from_config(name, cfg), setups)
+            } else {
+                let setup = match (cfg.protocol, users.first()) {
+                    (LinkProtocol::Scpi, Some(i)) => Some(instrument::scpi_setup(
+                        &i.driver.file,
+                        i.config.skip_identity,
+                    )),
+                    _ => None,
+                };
+                link::spawn(LinkSpec::from_config(name, cfg), setup)
             };
-            let handle = link::spawn(LinkSpec::from_config(name, cfg), setup);
             for i in users {
+                let h = match i.config.address {
+                    Some(a) if addressed => handle.at_address(a),
+                    _ => handle.clone(),
+                };
                 instruments.insert(
                     i.id.clone(),
-                    Instrument::new(&i.id, i.driver.clone(), handle.clone(), i.config.unit),
+                    Instrument::new(&i.id, i.driver.clone(), h, i.config.unit),
                 );
             }
             links.insert(name.clone(), handle);

@@ -27,6 +27,15 @@ use crate::reading::Value;
 
 pub const REQUESTS_TOTAL: &str = "labgate_requests_total";
 pub const REQUEST_DURATION: &str = "labgate_request_duration_seconds";
+pub const RUNS_TOTAL: &str = "labgate_runs_total";
+pub const RUNS_ACTIVE: &str = "labgate_runs_active";
+pub const STEP_DURATION: &str = "labgate_step_duration_seconds";
+pub const STABILIZATION_DURATION: &str = "labgate_stabilization_duration_seconds";
+
+/// Step buckets: an `act` takes milliseconds, an LM-79 stabilization up to hours.
+const STEP_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0,
+];
 
 /// Latency buckets: a Modbus RTU read is tens of milliseconds, a sphere measurement seconds.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -45,6 +54,10 @@ pub fn install() -> Option<PrometheusHandle> {
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), LATENCY_BUCKETS)
+                .ok()?
+                .set_buckets_for_metric(Matcher::Full(STEP_DURATION.into()), STEP_BUCKETS)
+                .ok()?
+                .set_buckets_for_metric(Matcher::Full(STABILIZATION_DURATION.into()), STEP_BUCKETS)
                 .ok()?;
             match builder.install_recorder() {
                 Ok(h) => {
@@ -56,6 +69,17 @@ pub fn install() -> Option<PrometheusHandle> {
                         REQUEST_DURATION,
                         metrics::Unit::Seconds,
                         "Instrument request duration"
+                    );
+                    metrics::describe_counter!(RUNS_TOTAL, "Finished runs by recipe and verdict");
+                    metrics::describe_histogram!(
+                        STEP_DURATION,
+                        metrics::Unit::Seconds,
+                        "Recipe step duration by recipe and step kind"
+                    );
+                    metrics::describe_histogram!(
+                        STABILIZATION_DURATION,
+                        metrics::Unit::Seconds,
+                        "Time stabilize steps took until stable or given up, by recipe"
                     );
                     Some(h)
                 }
@@ -104,6 +128,32 @@ pub fn observe_request(instrument: &str, outcome: &'static str, elapsed: Duratio
         .increment(1);
     metrics::histogram!(REQUEST_DURATION, "instrument" => instrument.to_string())
         .record(elapsed.as_secs_f64());
+}
+
+/// Count a finished run. Labels are the recipe name (from the recipes directory) and the
+/// verdict: never the DUT serial, which is unbounded.
+pub fn run_finished(recipe: &str, verdict: crate::store::RunVerdict) {
+    metrics::counter!(RUNS_TOTAL, "recipe" => recipe.to_string(), "verdict" => verdict.as_str())
+        .increment(1);
+}
+
+/// Record a finished step's duration; stabilize steps also feed the stabilization histogram.
+pub fn step_finished(recipe: &str, kind: &'static str, elapsed: Duration) {
+    metrics::histogram!(STEP_DURATION, "recipe" => recipe.to_string(), "kind" => kind)
+        .record(elapsed.as_secs_f64());
+    if kind == "stabilize" {
+        metrics::histogram!(STABILIZATION_DURATION, "recipe" => recipe.to_string())
+            .record(elapsed.as_secs_f64());
+    }
+}
+
+/// The active-runs gauge, rendered at scrape time from the run manager (like the state series:
+/// a gauge in the recorder could outlive a crash of the count's bookkeeping).
+pub fn render_runs_active(out: &mut String, running: usize, queued: usize) {
+    out.push_str("# HELP labgate_runs_active Runs of this daemon by state (queued: waiting for an instrument)\n");
+    out.push_str("# TYPE labgate_runs_active gauge\n");
+    let _ = writeln!(out, "{RUNS_ACTIVE}{{state=\"running\"}} {running}");
+    let _ = writeln!(out, "{RUNS_ACTIVE}{{state=\"queued\"}} {queued}");
 }
 
 /// The gauge family and the factor to base units for a driver unit, or `None` when the unit has

@@ -100,7 +100,7 @@ fn unknown_keys_at_every_level() {
              [[polls]]\ninstrument = \"pa\"\nquantities = [\"volt\"]\ninterval = \"1s\"\nevery = \"1s\"\n\
              [links.ser]\nprotocol = \"scpi\"\nkind = \"serial\"\ndevice = \"/dev/ttyS0\"\nbaud = 9600\nport = 1\nparty = \"even\"\n"
         ),
-        "c.toml:14:1: instruments.pa.hostname: unknown key `hostname` (known: driver, link, unit, description, skip_identity)\n\
+        "c.toml:14:1: instruments.pa.hostname: unknown key `hostname` (known: driver, link, unit, address, description, skip_identity)\n\
 c.toml:19:1: instruments.ch.descr: unknown key `descr` (did you mean `description`?)\n\
 c.toml:21:1: paths.driver: unknown key `driver` (did you mean `drivers`?)\n\
 c.toml:22:2: station: unknown section `station` (did you mean `stations`?)\n\
@@ -130,8 +130,8 @@ fn link_kind_missing_or_unknown() {
         &base(
             "[links.x]\nprotocol = \"scpi\"\nhost = \"h\"\n[links.y]\nprotocol = \"scpi\"\nkind = \"usb\"\n",
         ),
-        "c.toml:18:1: links.x.kind: missing key (\"tcp\" or \"serial\")\n\
-c.toml:23:8: links.y.kind: unknown link kind \"usb\" (known: tcp, serial)",
+        "c.toml:18:1: links.x.kind: missing key (one of tcp, serial, usbtmc, prologix, prologix_serial, vxi11, hislip)\n\
+c.toml:23:8: links.y.kind: unknown link kind \"usb\" (did you mean `usbtmc`?)",
     );
 }
 
@@ -359,7 +359,7 @@ fn bad_required_value_does_not_hide_later_problems_in_the_entry() {
         "c.toml:19:10: instruments.x.driver: wrong type: integer `5`, expected a string\n\
 c.toml:20:8: instruments.x.link: wrong type: array, expected a string\n\
 c.toml:21:8: instruments.x.unit: invalid value: integer `300`, expected u8\n\
-c.toml:22:1: instruments.x.note: unknown key `note` (known: driver, link, unit, description, skip_identity)\n\
+c.toml:22:1: instruments.x.note: unknown key `note` (known: driver, link, unit, address, description, skip_identity)\n\
 c.toml:24:12: links.y.protocol: unknown value \"scpy\" (did you mean `scpi`?)\n\
 c.toml:26:8: links.y.host: wrong type: integer `1`, expected a string\n\
 c.toml:27:8: links.y.port: invalid value: integer `70000`, expected u16",
@@ -372,7 +372,7 @@ fn every_missing_key_of_an_entry_is_reported() {
         &base("[instruments.x]\ndescription = \"neither driver nor link\"\nbogus = 1\n[[polls]]\n"),
         "c.toml:18:1: instruments.x.driver: missing key\n\
 c.toml:18:1: instruments.x.link: missing key\n\
-c.toml:20:1: instruments.x.bogus: unknown key `bogus` (known: driver, link, unit, description, skip_identity)\n\
+c.toml:20:1: instruments.x.bogus: unknown key `bogus` (known: driver, link, unit, address, description, skip_identity)\n\
 c.toml:21:1: polls[0].instrument: missing key\n\
 c.toml:21:1: polls[0].interval: missing key\n\
 c.toml:21:1: polls[0].quantities: missing key",

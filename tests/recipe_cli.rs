@@ -93,6 +93,25 @@ async fn run_show_export_and_exit_codes() {
     );
     assert!(stdout.contains("stabilize power (stabilize)"), "{stdout}");
     assert!(stdout.contains("    flux = "), "{stdout}");
+    // The live display: the current step, the stabilization trend, each value with its verdict.
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("    power: ") && l.contains("spread") && l.ends_with("stable")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.lines().any(|l| l.starts_with("    flux = ")
+            && l.contains(" lm  [")
+            && (l.ends_with("  pass") || l.ends_with("  MARGINAL"))),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("    power vs rated = ") && l.contains(" %  [90 .. 110]")),
+        "{stdout}"
+    );
     assert!(stdout.contains("verdict: PASS (run 1)"), "{stdout}");
 
     // A limit that cannot be met: exit 1.

@@ -400,7 +400,7 @@ limits.voltage = {{ min = 0.2, unit = "kV" }}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instrument_error_stops_the_run_and_cleanup_still_runs() {
     let env = env().await;
-    // 1000 x the power factor (0.9) is far above the source's 300 V: refused when the step runs.
+    // 10 x the measured voltage is far above the source's 300 V: refused when the step runs.
     let text = format!(
         r#"{HEAD}
 [[steps]]
@@ -411,14 +411,14 @@ duration = "50ms"
 kind = "measure"
 name = "power"
 role = "analyzer"
-quantities = ["power", "power_factor"]
+quantities = ["power", "voltage"]
 
 [[steps]]
 kind = "act"
 name = "too high"
 role = "source"
 action = "set_voltage"
-args = {{ volts = "power_factor * 1000" }}
+args = {{ volts = "voltage * 10" }}
 
 [[steps]]
 kind = "measure"
@@ -555,7 +555,7 @@ timeout = "100ms"
 async fn group_retries_until_its_steps_pass() {
     let env = env().await;
     // Try 1 reads the 100 V setpoint (fails), then programs 230 V; try 2 passes.
-    let group = |tries: u32, fix: f64| {
+    let group = |tries: u32, fix: f64, on_fail: &str| {
         format!(
             r#"[recipe]
 name = "g"
@@ -572,6 +572,7 @@ kind = "group"
 name = "settle setpoint"
 tries = {tries}
 retry_delay = "10ms"
+on_fail = "{on_fail}"
 
 [[steps.steps]]
 kind = "measure"
@@ -585,10 +586,15 @@ kind = "act"
 role = "source"
 action = "set_voltage"
 args = {{ volts = {fix} }}
+
+[[steps]]
+kind = "wait"
+name = "after"
+duration = "1ms"
 "#
         )
     };
-    let ran = run_text(&env, &group(3, 230.0)).await;
+    let ran = run_text(&env, &group(3, 230.0, "continue")).await;
     assert_eq!(
         ran.outcome.verdict,
         RunVerdict::Pass,
@@ -606,11 +612,29 @@ args = {{ volts = {fix} }}
     assert_eq!(reads[1].verdict, Some(Verdict::Pass));
     assert_eq!(ran.step("settle setpoint").status, Some(StepStatus::Pass));
 
-    let ran = run_text(&env, &group(2, 100.0)).await;
+    // At the last try the group fails; its on_fail decides: continue with the next step...
+    let ran = run_text(&env, &group(2, 100.0, "continue")).await;
     assert_eq!(ran.outcome.verdict, RunVerdict::Fail);
     let step = ran.step("settle setpoint");
     assert_eq!(step.status, Some(StepStatus::Fail));
     assert_eq!(step.message.as_deref(), Some("still failing after 2 tries"));
+    assert_eq!(ran.step("after").status, Some(StepStatus::Pass));
+
+    // ...or stop the run there (every try's measurements stay stored).
+    let ran = run_text(&env, &group(2, 100.0, "stop")).await;
+    assert_eq!(ran.outcome.verdict, RunVerdict::Fail);
+    assert_eq!(ran.step("settle setpoint").status, Some(StepStatus::Fail));
+    assert!(
+        ran.detail.steps.iter().all(|s| s.name != "after"),
+        "stopped"
+    );
+    let fails = ran
+        .detail
+        .measurements
+        .iter()
+        .filter(|m| m.name == "voltage_setpoint" && m.verdict == Some(Verdict::Fail))
+        .count();
+    assert_eq!(fails, 2, "both tries stored");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -897,4 +921,150 @@ timeout = "20ms"
     assert!(!env.sim.plant.output_on());
     // The steps passed, but the bench was not put back cleanly.
     assert_eq!(ran.outcome.verdict, RunVerdict::Error);
+}
+
+/// Values in different prefixes are converted while the run runs, never used raw: an argument
+/// from a parameter in kV, computed values declared in mA and %, limits from an expression in kV
+/// and limits written in V on a value stored in mV.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn units_are_converted_while_the_run_runs() {
+    let env = env().await;
+    let text = r#"[recipe]
+name = "units"
+roles = ["source", "analyzer"]
+
+[parameters.rated_kv]
+unit = "kV"
+default = 0.23
+
+[parameters.rated_power_mw]
+unit = "mW"
+default = 9500.0
+
+[[steps]]
+kind = "act"
+name = "set voltage"
+role = "source"
+action = "set_voltage"
+args = { volts = "rated_kv" }
+
+[[steps]]
+kind = "act"
+name = "on"
+role = "source"
+action = "output"
+args = { on = true }
+
+[[steps]]
+kind = "wait"
+duration = "100ms"
+
+[[steps]]
+kind = "measure"
+role = "analyzer"
+quantities = ["voltage", "current", "power"]
+limits.voltage = { max = "rated_kv * 1.02" }
+
+[[steps]]
+kind = "compute"
+output = "current_ma"
+expr = "current"
+unit = "mA"
+
+[[steps]]
+kind = "compute"
+output = "twice_ma"
+expr = "current_ma + current"
+unit = "mA"
+
+[[steps]]
+kind = "compute"
+output = "voltage_mv"
+expr = "voltage"
+unit = "mV"
+limit = { min = 220, max = 240, unit = "V" }
+
+[[steps]]
+kind = "measure"
+name = "current again"
+role = "analyzer"
+quantities = ["current"]
+limits.current = { min = "current_ma * 0.5", max = "current_ma * 1.5" }
+
+[[steps]]
+kind = "check"
+name = "voltage band"
+expr = "voltage"
+unit = "V"
+limit = { nominal = "rated_kv", tolerance_ppm = 50000, marginal_pct = 10 }
+
+[[steps]]
+kind = "check"
+name = "power vs rated"
+expr = "power / rated_power_mw"
+unit = "%"
+limit = { nominal = 100, tolerance = 50 }
+
+[[cleanup]]
+kind = "act"
+name = "off"
+role = "source"
+action = "output"
+args = { on = false }
+"#;
+    let ran = run_text(&env, text).await;
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * b.abs().max(1.0);
+    let v = ran.value("voltage");
+    assert!(
+        (v - 230.0).abs() < 5.0,
+        "0.23 kV was sent as 230 V, got {v}"
+    );
+    let m = ran.measurement("voltage");
+    assert_eq!(m.unit, "V");
+    assert!(close(m.limits.max.unwrap(), 234.6), "{:?}", m.limits);
+    let i = ran.value("current");
+    assert_eq!(ran.measurement("current").unit, "A");
+    assert!(i > 0.0);
+    assert!(close(ran.value("current_ma"), 1000.0 * i));
+    // Limits from another measurement in mA, on a reading in A.
+    let again = ran
+        .detail
+        .measurements
+        .iter()
+        .rfind(|m| m.name == "current")
+        .unwrap();
+    assert!(
+        close(again.limits.max.unwrap(), 1.5 * i),
+        "{:?}",
+        again.limits
+    );
+    assert!(
+        close(again.limits.min.unwrap(), 0.5 * i),
+        "{:?}",
+        again.limits
+    );
+    assert_eq!(ran.measurement("current_ma").unit, "mA");
+    assert!(close(ran.value("twice_ma"), 2000.0 * i), "mA + A converted");
+    let mv = ran.measurement("voltage_mv");
+    assert!(close(mv.value.unwrap(), 1000.0 * v));
+    assert!(close(mv.limits.min.unwrap(), 220_000.0), "{:?}", mv.limits);
+    assert_eq!(mv.verdict, Some(Verdict::Pass));
+    // Nominal from a parameter in kV, +/- 50000 ppm, marginal band 10 % of the span.
+    let band = ran.measurement("voltage band").limits;
+    assert!(close(band.nominal.unwrap(), 230.0), "{band:?}");
+    assert!(
+        close(band.min.unwrap(), 218.5) && close(band.max.unwrap(), 241.5),
+        "{band:?}"
+    );
+    assert!(close(band.marginal_min.unwrap(), 220.8), "{band:?}");
+    assert!(close(band.marginal_max.unwrap(), 239.2), "{band:?}");
+    let pct = ran.measurement("power vs rated");
+    assert_eq!(pct.unit, "%");
+    assert!(close(pct.value.unwrap(), 100.0 * ran.value("power") / 9.5));
+    assert_eq!(
+        ran.outcome.verdict,
+        RunVerdict::Pass,
+        "{:?}",
+        ran.detail.steps
+    );
 }

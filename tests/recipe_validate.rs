@@ -125,7 +125,7 @@ bad.toml:21:10: steps[0].action: driver `chroma-61500` has no action `set_voltag
 bad.toml:28:18: steps[1].args.volts: action "set_voltage": argument "volts" = 460 V is out of range 0..300 V
 bad.toml:32:8: steps[2].role: role `analyzer` is not listed in [recipe] roles (source, analyser)
 bad.toml:33:26: steps[2].quantities[1]: driver `yokogawa-wt310e` has no quantity `powr` (did you mean `power`?)
-bad.toml:34:26: steps[2].limits.voltage.min: `0.9 * rated_flux`: unit mismatch: `rated_flux` is in lm but the value compared is in V
+bad.toml:34:26: steps[2].limits.voltage.min: `0.9 * rated_flux`: unit mismatch: the expression is in lm but the value compared is in V
 bad.toml:35:8: steps[2].limits.current: limit for `current`, which this step does not measure (it measures: voltage, powr)
 bad.toml:39:8: steps[3].role: role `sphere` is not listed in [recipe] roles (source, analyser)
 bad.toml:40:15: steps[3].quantities[0]: `flux` only exists after a triggered measurement: add `measurement = "..."` (driver `labgate-sim-sphere` has: spectrum)
@@ -135,7 +135,7 @@ bad.toml:51:8: steps[5].expr: `efficacy * 2 + nothing`: unknown variable `nothin
 bad.toml:52:21: steps[5].limit.nominal: nominal needs exactly one of tolerance, tolerance_pct, tolerance_ppm
 bad.toml:55:8: steps[6].kind: unknown step kind `wiat` (did you mean `wait`?)
 bad.toml:61:1: steps[7].sampels: unknown key `sampels` (known: duration)
-bad.toml:65:12: steps[8].duration: `settle`: unit mismatch: `settle` is in degC but a duration needs a time unit (s, ms, min, h)
+bad.toml:65:12: steps[8].duration: `settle`: unit mismatch: the expression is in degC but a duration needs s
 bad.toml:77:18: steps[9].steps[0].args.volts: action "set_voltage": argument "volts" = 320 V is out of range 0..300 V (at volts = 320V)
 bad.toml:81:8: cleanup[0].role: role `sourse` is not listed in [recipe] roles (source, analyser)
 bad.toml:81:8: cleanup[0].role: station `demo` has no role `sourse` (did you mean `source`?)"#;
@@ -207,7 +207,7 @@ limits.current = { max = "max_temp" }
     let got = problems(text, &[]);
     assert_eq!(
         got,
-        "bad.toml:24:26: steps[1].limits.current.max: `max_temp`: unit mismatch: `max_temp` is in degC but the value compared is in A",
+        "bad.toml:24:26: steps[1].limits.current.max: `max_temp`: unit mismatch: the expression is in degC but the value compared is in A",
         "\n{got}"
     );
 }
@@ -291,7 +291,7 @@ timeout = "3h"
 [[steps]]
 kind = "compute"
 output = "soak_s"
-expr = "soak * 3600"
+expr = "soak"
 unit = "s"
 limit = { nominal = 7200, tolerance = 0.001 }
 "#;
@@ -323,4 +323,110 @@ limit = { nominal = 7200, tolerance = 0.001 }
         "the clock moved 2 h"
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
+
+/// The remaining classes of validation error, each reported (all at once) at its key.
+#[test]
+fn every_other_validation_class_at_once() {
+    let text = r#"[recipe]
+name = "classes"
+roles = ["source", "analyzer", "sphere"]
+
+[parameters.odd]
+unit = "V*"
+default = 1.0
+
+[[steps]]
+kind = "measure"
+role = "analyzer"
+quantities = []
+samples = 0
+interval = "soon"
+
+[[steps]]
+kind = "measure"
+role = "sphere"
+measurement = "spectrun"
+quantities = ["flux"]
+
+[[steps]]
+kind = "stabilize"
+role = "analyzer"
+quantities = ["power"]
+interval = "later * 2"
+readings = 1
+within = 1.0
+within_pct = 1.0
+max_duration = "1h"
+
+[[steps]]
+kind = "stabilize"
+role = "analyzer"
+quantities = ["power"]
+interval = "1s"
+max_duration = "1h"
+
+[[steps]]
+kind = "compute"
+output = "2nd-value"
+expr = "1"
+limit = { tolerance = 1 }
+
+[[steps]]
+kind = "check"
+expr = "1"
+limit = { nominal = 1, min = 0, tolerance = 1, marginal = 1, marginal_pct = 5 }
+
+[[steps]]
+kind = "confirm"
+prompt = " "
+
+[[steps]]
+kind = "group"
+tries = 0
+
+[[steps.steps]]
+kind = "wait"
+duration = "1s"
+
+[[steps]]
+kind = "sweep"
+var = "1x"
+values = [1.0]
+range = { from = 1, to = 2, step = 1 }
+
+[[steps.steps]]
+kind = "wait"
+duration = "1s"
+
+[[steps]]
+kind = "sweep"
+var = "v"
+
+[[steps]]
+name = "no kind"
+"#;
+    let got = problems(text, &[]);
+    let expected = "\
+bad.toml:6:8: parameters.odd.unit: bad unit `V*`: a term is missing
+bad.toml:12:14: steps[0].quantities: name at least one quantity
+bad.toml:13:11: steps[0].samples: samples must be at least 1
+bad.toml:14:12: steps[0].interval: `soon`: `soon` is not a parameter (durations may use parameters only)
+bad.toml:19:15: steps[1].measurement: driver `labgate-sim-sphere` has no measurement `spectrun` (did you mean `spectrum`?)
+bad.toml:26:12: steps[2].interval: `later * 2`: `later` is not a parameter (durations may use parameters only)
+bad.toml:27:12: steps[2].readings: readings must be at least 2
+bad.toml:28:10: steps[2].within: give within or within_pct, not both
+bad.toml:32:1: steps[3]: stabilize needs a band: within (absolute) or within_pct
+bad.toml:41:10: steps[4].output: `2nd-value` is not a name expressions can use (letters, digits, _)
+bad.toml:43:23: steps[4].limit.tolerance: a tolerance needs a nominal value
+bad.toml:48:21: steps[5].limit.nominal: give either nominal with a tolerance or min/max, not both
+bad.toml:48:59: steps[5].limit.marginal: give marginal or marginal_pct, not both
+bad.toml:52:10: steps[6].prompt: the prompt is empty
+bad.toml:56:9: steps[7].tries: tries must be at least 1
+bad.toml:64:7: steps[8].var: `1x` is not a usable variable name
+bad.toml:66:1: steps[8].range: give values or range, not both
+bad.toml:72:1: steps[9].steps: missing key (the steps to run for each value)
+bad.toml:72:1: steps[9].values: a sweep needs at least one value
+bad.toml:76:1: steps[10].kind: missing key (one of: act, measure, wait, stabilize, wait_until, compute, check, sweep, group, confirm)";
+    assert_eq!(got, expected, "\n--- got ---\n{got}\n");
 }

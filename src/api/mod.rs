@@ -13,6 +13,8 @@
 
 pub mod handlers;
 pub mod problem;
+pub mod recipes;
+pub mod runs;
 
 use std::sync::{Arc, RwLock};
 
@@ -26,6 +28,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use utoipa::OpenApi;
 
 use crate::daemon::Live;
+use crate::runs::RunManager;
 use crate::store::Store;
 pub use problem::Problem;
 
@@ -42,6 +45,7 @@ pub struct AppState {
 struct Shared {
     live: RwLock<Arc<Live>>,
     store: Option<Store>,
+    runs: RunManager,
     metrics: Option<PrometheusHandle>,
     /// The API listens on a loopback address only.
     loopback: bool,
@@ -57,6 +61,7 @@ impl AppState {
         AppState {
             shared: Arc::new(Shared {
                 live: RwLock::new(Arc::new(live)),
+                runs: RunManager::new(store.clone()),
                 store,
                 metrics,
                 loopback,
@@ -86,6 +91,11 @@ impl AppState {
         self.shared.store.as_ref()
     }
 
+    /// The runs of this daemon (started over the API).
+    pub fn runs(&self) -> &RunManager {
+        &self.shared.runs
+    }
+
     pub fn metrics(&self) -> Option<&PrometheusHandle> {
         self.shared.metrics.as_ref()
     }
@@ -108,8 +118,21 @@ impl AppState {
         handlers::scpi_raw,
         handlers::modbus_raw,
         handlers::list_stations,
+        recipes::list_recipes,
+        recipes::get_recipe,
+        recipes::validate_recipe,
+        runs::start_run,
+        runs::list_runs,
+        runs::get_run,
+        runs::abort_run,
+        runs::get_prompt,
+        runs::confirm,
+        runs::export_run,
+        runs::run_events,
+        runs::list_queue,
+        runs::cancel_queued,
     ),
-    components(schemas(Problem)),
+    components(schemas(Problem, problem::ProblemItem)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
@@ -138,6 +161,11 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/instruments/{id}/scpi", post(handlers::scpi_raw))
         .route("/instruments/{id}/modbus", post(handlers::modbus_raw))
+        .route("/recipes/validate", post(recipes::validate_recipe))
+        .route("/runs", post(runs::start_run))
+        .route("/runs/{id}/abort", post(runs::abort_run))
+        .route("/runs/{id}/confirm", post(runs::confirm))
+        .route("/queue/{ticket}/cancel", post(runs::cancel_queued))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     let v1 = Router::new()
         .route("/health", get(handlers::health))
@@ -145,6 +173,14 @@ pub fn router(state: AppState) -> Router {
         .route("/instruments", get(handlers::list_instruments))
         .route("/instruments/{id}", get(handlers::get_instrument))
         .route("/stations", get(handlers::list_stations))
+        .route("/recipes", get(recipes::list_recipes))
+        .route("/recipes/{name}", get(recipes::get_recipe))
+        .route("/runs", get(runs::list_runs))
+        .route("/runs/{id}", get(runs::get_run))
+        .route("/runs/{id}/prompt", get(runs::get_prompt))
+        .route("/runs/{id}/export", get(runs::export_run))
+        .route("/runs/{id}/events", get(runs::run_events))
+        .route("/queue", get(runs::list_queue))
         .route("/openapi.json", get(openapi_json))
         .merge(mutating);
     Router::new()
@@ -207,7 +243,10 @@ async fn openapi_json() -> Response {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     let live = state.live();
-    let body = crate::metrics::render(state.metrics(), &live.gateway, &live.latest);
+    let mut body = crate::metrics::render(state.metrics(), &live.gateway, &live.latest);
+    let running = state.runs().running_count();
+    let queued = state.runs().active_count().saturating_sub(running);
+    crate::metrics::render_runs_active(&mut body, running, queued);
     (
         [(
             header::CONTENT_TYPE,

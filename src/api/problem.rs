@@ -23,6 +23,35 @@ pub struct Problem {
     pub title: String,
     pub status: u16,
     pub detail: String,
+    /// Every problem of an uploaded or referenced file, with line:col (422 of recipe checks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problems: Option<Vec<ProblemItem>>,
+}
+
+/// One problem in a file.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ProblemItem {
+    pub file: String,
+    pub line: usize,
+    pub col: usize,
+    /// Dotted key path; empty for the file as a whole.
+    pub key: String,
+    pub message: String,
+    /// `error` or `warning`.
+    pub severity: &'static str,
+}
+
+impl ProblemItem {
+    pub fn from_diag(d: &crate::diag::Diagnostic) -> ProblemItem {
+        ProblemItem {
+            file: d.file.display().to_string(),
+            line: d.line,
+            col: d.col,
+            key: d.key.clone(),
+            message: d.message.clone(),
+            severity: if d.is_error() { "error" } else { "warning" },
+        }
+    }
 }
 
 impl Problem {
@@ -32,7 +61,19 @@ impl Problem {
             title: status.canonical_reason().unwrap_or("error").to_string(),
             status: status.as_u16(),
             detail: detail.into(),
+            problems: None,
         }
+    }
+
+    /// A 422 listing every problem of a file.
+    pub fn with_diagnostics(
+        kind: &str,
+        detail: impl Into<String>,
+        d: &crate::diag::Diagnostics,
+    ) -> Problem {
+        let mut p = Problem::new(StatusCode::UNPROCESSABLE_ENTITY, kind, detail);
+        p.problems = Some(d.sorted().into_iter().map(ProblemItem::from_diag).collect());
+        p
     }
 
     pub fn not_found(detail: impl Into<String>) -> Problem {

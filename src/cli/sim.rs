@@ -18,6 +18,10 @@ pub struct SimArgs {
     /// Port of the Modbus TCP controllers (unit 1 chamber, 2 Eurotherm, 3 relay rack).
     #[arg(long, default_value_t = 15502)]
     pub modbus_port: u16,
+    /// Also serve a simulated Prologix GPIB-Ethernet adapter on this port (e.g. 11234), with
+    /// the four SCPI instruments on its bus at GPIB addresses 5, 6, 7 and 9.
+    #[arg(long)]
+    pub prologix_port: Option<u16>,
     /// Also serve every instrument on a pseudo-terminal (prints the device paths).
     #[arg(long)]
     pub pty: bool,
@@ -71,6 +75,7 @@ pub async fn run(args: SimArgs) -> ExitCode {
         sphere_port: args.scpi_port.saturating_add(2),
         logger_port: args.scpi_port.saturating_add(3),
         modbus_port: args.modbus_port,
+        prologix_port: args.prologix_port,
         pty: args.pty,
         ..SimBenchConfig::default()
     };

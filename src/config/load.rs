@@ -147,7 +147,22 @@ const LINK_COMMON: &[&str] = &[
     "backoff_max",
     "inter_frame_delay",
 ];
-const TCP_KEYS: &[&str] = &["host", "port"];
+const TCP_KEYS: &[&str] = &["host", "port", "baud"];
+const USBTMC_KEYS: &[&str] = &["device"];
+const PROLOGIX_KEYS: &[&str] = &["host", "port"];
+const PROLOGIX_SERIAL_KEYS: &[&str] = &["device", "baud"];
+const VXI11_KEYS: &[&str] = &["host", "device", "portmap_port"];
+const HISLIP_KEYS: &[&str] = &["host", "port", "device"];
+/// Every link kind and the transport keys it takes.
+const KINDS: &[(&str, &[&str])] = &[
+    ("tcp", TCP_KEYS),
+    ("serial", SERIAL_KEYS),
+    ("usbtmc", USBTMC_KEYS),
+    ("prologix", PROLOGIX_KEYS),
+    ("prologix_serial", PROLOGIX_SERIAL_KEYS),
+    ("vxi11", VXI11_KEYS),
+    ("hislip", HISLIP_KEYS),
+];
 const SERIAL_KEYS: &[&str] = &[
     "device",
     "baud",
@@ -180,6 +195,70 @@ struct LinkCommon {
 struct TcpFields {
     host: String,
     port: u16,
+    /// Set when the port is a serial device server: the serial side's baud rate.
+    #[serde(default)]
+    baud: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsbtmcFields {
+    device: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PrologixFields {
+    host: String,
+    #[serde(default = "prologix_port")]
+    port: u16,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PrologixSerialFields {
+    device: PathBuf,
+    #[serde(default = "prologix_baud")]
+    baud: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Vxi11Fields {
+    host: String,
+    #[serde(default = "vxi11_device")]
+    device: String,
+    #[serde(default = "portmap_port")]
+    portmap_port: u16,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HislipFields {
+    host: String,
+    #[serde(default = "hislip_port")]
+    port: u16,
+    #[serde(default = "hislip_device")]
+    device: String,
+}
+
+fn prologix_port() -> u16 {
+    DEFAULT_PROLOGIX_PORT
+}
+fn prologix_baud() -> u32 {
+    DEFAULT_PROLOGIX_BAUD
+}
+fn vxi11_device() -> String {
+    DEFAULT_VXI11_DEVICE.into()
+}
+fn portmap_port() -> u16 {
+    DEFAULT_PORTMAP_PORT
+}
+fn hislip_port() -> u16 {
+    DEFAULT_HISLIP_PORT
+}
+fn hislip_device() -> String {
+    DEFAULT_HISLIP_DEVICE.into()
 }
 
 #[derive(Deserialize)]
@@ -385,27 +464,34 @@ fn decode_link(
         diags.push(source.error(v.span(), &key, "a link must be a table"));
         return None;
     };
+    let known_kinds = KINDS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ");
+    let kind_name = table.get("kind").and_then(|k| k.get_ref().as_str());
     let kind = match table.get("kind") {
         None => {
             diags.push(source.error(
                 v.span(),
                 &format!("{key}.kind"),
-                "missing key (\"tcp\" or \"serial\")",
+                format!("missing key (one of {known_kinds})"),
             ));
             None
         }
-        Some(k) => match k.get_ref().as_str() {
-            Some("tcp") => Some(TCP_KEYS),
-            Some("serial") => Some(SERIAL_KEYS),
-            other => {
+        Some(k) => match KINDS.iter().find(|(n, _)| Some(*n) == k.get_ref().as_str()) {
+            Some((_, keys)) => Some(*keys),
+            None => {
+                let other = k.get_ref().as_str();
                 let shown = other.map_or_else(
                     || k.get_ref().type_str().to_string(),
                     |s| format!("\"{s}\""),
                 );
+                let kinds: Vec<&str> = KINDS.iter().map(|(k, _)| *k).collect();
+                let hint = match other {
+                    Some(o) => suggest_or_list(o, &kinds),
+                    None => format!(" (known: {known_kinds})"),
+                };
                 diags.push(source.error(
                     k.span(),
                     &format!("{key}.kind"),
-                    format!("unknown link kind {shown} (known: tcp, serial)"),
+                    format!("unknown link kind {shown}{hint}"),
                 ));
                 None
             }
@@ -438,15 +524,49 @@ fn decode_link(
     let common: Option<LinkCommon> =
         source.decode(&key, &Spanned::new(v.span(), DeValue::Table(common)), diags);
     let transport_v = Spanned::new(v.span(), DeValue::Table(transport));
-    let transport = match kind {
-        Some(k) if k == TCP_KEYS => {
-            source
-                .decode::<TcpFields>(&key, &transport_v, diags)
-                .map(|t| Transport::Tcp {
+    let transport = match kind.and(kind_name) {
+        Some("tcp") => source
+            .decode::<TcpFields>(&key, &transport_v, diags)
+            .map(|t| match t.baud {
+                None => Transport::Tcp {
                     host: t.host,
                     port: t.port,
-                })
-        }
+                },
+                Some(baud) => Transport::SerialServer {
+                    host: t.host,
+                    port: t.port,
+                    baud,
+                },
+            }),
+        Some("usbtmc") => source
+            .decode::<UsbtmcFields>(&key, &transport_v, diags)
+            .map(|t| Transport::Usbtmc { device: t.device }),
+        Some("prologix") => source
+            .decode::<PrologixFields>(&key, &transport_v, diags)
+            .map(|t| Transport::Prologix {
+                host: t.host,
+                port: t.port,
+            }),
+        Some("prologix_serial") => source
+            .decode::<PrologixSerialFields>(&key, &transport_v, diags)
+            .map(|t| Transport::PrologixSerial {
+                device: t.device,
+                baud: t.baud,
+            }),
+        Some("vxi11") => source
+            .decode::<Vxi11Fields>(&key, &transport_v, diags)
+            .map(|t| Transport::Vxi11 {
+                host: t.host,
+                device: t.device,
+                portmap_port: t.portmap_port,
+            }),
+        Some("hislip") => source
+            .decode::<HislipFields>(&key, &transport_v, diags)
+            .map(|t| Transport::Hislip {
+                host: t.host,
+                port: t.port,
+                device: t.device,
+            }),
         Some(_) => source
             .decode::<SerialFields>(&key, &transport_v, diags)
             .map(|s| Transport::Serial {
@@ -469,6 +589,19 @@ fn decode_link(
         backoff_max: common.backoff_max,
         inter_frame_delay: common.inter_frame_delay,
     })
+}
+
+/// The `kind` a transport is written as, for messages.
+fn link_kind(t: &Transport) -> &'static str {
+    match t {
+        Transport::Tcp { .. } | Transport::SerialServer { .. } => "tcp",
+        Transport::Serial { .. } => "serial",
+        Transport::Usbtmc { .. } => "usbtmc",
+        Transport::Prologix { .. } => "prologix",
+        Transport::PrologixSerial { .. } => "prologix_serial",
+        Transport::Vxi11 { .. } => "vxi11",
+        Transport::Hislip { .. } => "hislip",
+    }
 }
 
 fn span_of(doc: &Doc<'_>, path: &[&str]) -> Range<usize> {
@@ -559,13 +692,79 @@ impl Check<'_, '_> {
                 "inter_frame_delay is only for protocol \"modbus-rtu\"",
             );
         }
+        let kind = link_kind(&l.transport);
+        if crate::link::message::is_message_transport(&l.transport)
+            && l.protocol != LinkProtocol::Scpi
+        {
+            self.err(
+                &["links", name, "protocol"],
+                format!(
+                    "a {kind} link carries scpi messages only; {} needs kind \"tcp\" or \"serial\"",
+                    l.protocol
+                ),
+            );
+        }
+        let host_port = |this: &mut Self, host: &str, port: u16| {
+            if host.trim().is_empty() {
+                this.err(&["links", name, "host"], "host must not be empty");
+            }
+            if port == 0 {
+                this.err(&["links", name, "port"], "port must not be 0");
+            }
+        };
+        let device_path = |this: &mut Self, device: &std::path::Path| {
+            if device.as_os_str().is_empty() {
+                this.err(&["links", name, "device"], "device must not be empty");
+            }
+        };
         match &l.transport {
-            Transport::Tcp { host, port } => {
-                if host.trim().is_empty() {
-                    self.err(&["links", name, "host"], "host must not be empty");
+            Transport::Tcp { host, port } => host_port(self, host, *port),
+            Transport::SerialServer { host, port, baud } => {
+                host_port(self, host, *port);
+                if *baud == 0 {
+                    self.err(&["links", name, "baud"], "baud must be greater than 0");
                 }
-                if *port == 0 {
-                    self.err(&["links", name, "port"], "port must not be 0");
+                if l.protocol == LinkProtocol::ModbusTcp {
+                    self.err(
+                        &["links", name, "baud"],
+                        "baud is for a serial device server; modbus-tcp has no serial line (use modbus-rtu for RTU frames over TCP)",
+                    );
+                }
+            }
+            Transport::Prologix { host, port } => host_port(self, host, *port),
+            Transport::Hislip { host, port, device } => {
+                host_port(self, host, *port);
+                if device.trim().is_empty() {
+                    self.err(
+                        &["links", name, "device"],
+                        "device must not be empty (e.g. \"hislip0\")",
+                    );
+                }
+            }
+            Transport::Vxi11 {
+                host,
+                device,
+                portmap_port,
+            } => {
+                host_port(self, host, 1);
+                if *portmap_port == 0 {
+                    self.err(
+                        &["links", name, "portmap_port"],
+                        "portmap_port must not be 0 (instruments use 111)",
+                    );
+                }
+                if device.trim().is_empty() {
+                    self.err(
+                        &["links", name, "device"],
+                        "device must not be empty (e.g. \"inst0\")",
+                    );
+                }
+            }
+            Transport::Usbtmc { device } => device_path(self, device),
+            Transport::PrologixSerial { device, baud } => {
+                device_path(self, device);
+                if *baud == 0 {
+                    self.err(&["links", name, "baud"], "baud must be greater than 0");
                 }
             }
             Transport::Serial {
@@ -653,6 +852,29 @@ impl Check<'_, '_> {
             }
         }
         if let Some(l) = link {
+            let addressed = crate::link::message::is_addressed_transport(&l.transport);
+            match (addressed, inst.address) {
+                (false, Some(_)) => self.err(
+                    &["instruments", id, "address"],
+                    format!(
+                        "address is only for instruments on a prologix (GPIB) link; link \"{}\" is {}",
+                        inst.link,
+                        link_kind(&l.transport)
+                    ),
+                ),
+                (true, None) => self.err(
+                    &["instruments", id],
+                    format!(
+                        "missing key `address` (the instrument's GPIB address, 0..=30, on prologix link \"{}\")",
+                        inst.link
+                    ),
+                ),
+                (true, Some(a)) if a > 30 => self.err(
+                    &["instruments", id, "address"],
+                    format!("GPIB address {a} is out of range (0..=30)"),
+                ),
+                _ => {}
+            }
             match (l.protocol, inst.unit) {
                 (LinkProtocol::Scpi, Some(_)) => self.err(
                     &["instruments", id, "unit"],
@@ -687,11 +909,27 @@ impl Check<'_, '_> {
     ) {
         let mut first_on_link: BTreeMap<&str, &str> = BTreeMap::new();
         let mut units: BTreeMap<(&str, u8), &str> = BTreeMap::new();
+        let mut addresses: BTreeMap<(&str, u8), &str> = BTreeMap::new();
         for (id, inst) in instruments {
             let Some(l) = links.get(&inst.link) else {
                 continue;
             };
-            if l.protocol == LinkProtocol::Scpi {
+            if crate::link::message::is_addressed_transport(&l.transport) {
+                // One adapter, several instruments: each needs its own bus address.
+                if let Some(a) = inst.address {
+                    if let Some(first) = addresses.get(&(inst.link.as_str(), a)) {
+                        self.err(
+                            &["instruments", id, "address"],
+                            format!(
+                                "GPIB address {a} on link \"{}\" is already used by instrument \"{first}\"",
+                                inst.link
+                            ),
+                        );
+                    } else {
+                        addresses.insert((&inst.link, a), id);
+                    }
+                }
+            } else if l.protocol == LinkProtocol::Scpi {
                 if let Some(first) = first_on_link.get(inst.link.as_str()) {
                     self.err(
                         &["instruments", id, "link"],

@@ -132,6 +132,73 @@ pub enum Transport {
         #[serde(default)]
         flow_control: FlowControl,
     },
+    /// A serial line behind a device server (a TCP port per serial line). Written as
+    /// `kind = "tcp"` with a `baud` key: the baud rate is the serial side's, so Modbus RTU keeps
+    /// its t3.5 silence and a late reply gets time to arrive before the next connection.
+    SerialServer {
+        host: String,
+        port: u16,
+        baud: u32,
+    },
+    /// The Linux usbtmc kernel driver's character device, `/dev/usbtmcN`.
+    Usbtmc {
+        device: PathBuf,
+    },
+    /// A Prologix GPIB-Ethernet adapter; instruments on it set `address` (their GPIB address).
+    Prologix {
+        host: String,
+        #[serde(default = "default_prologix_port")]
+        port: u16,
+    },
+    /// A Prologix GPIB-USB adapter (an FTDI serial port; the adapter ignores the baud rate).
+    PrologixSerial {
+        device: PathBuf,
+        #[serde(default = "default_prologix_baud")]
+        baud: u32,
+    },
+    /// VXI-11 (ONC RPC) to a LAN instrument or a LAN/GPIB gateway.
+    Vxi11 {
+        host: String,
+        #[serde(default = "default_vxi11_device")]
+        device: String,
+        /// Where the instrument's portmapper listens; 111 everywhere but in tests.
+        #[serde(default = "default_portmap_port")]
+        portmap_port: u16,
+    },
+    /// HiSLIP (IVI-6.1).
+    Hislip {
+        host: String,
+        #[serde(default = "default_hislip_port")]
+        port: u16,
+        #[serde(default = "default_hislip_device")]
+        device: String,
+    },
+}
+
+pub const DEFAULT_PROLOGIX_PORT: u16 = 1234;
+pub const DEFAULT_PROLOGIX_BAUD: u32 = 115_200;
+pub const DEFAULT_VXI11_DEVICE: &str = "inst0";
+pub const DEFAULT_HISLIP_PORT: u16 = 4880;
+pub const DEFAULT_PORTMAP_PORT: u16 = 111;
+pub const DEFAULT_HISLIP_DEVICE: &str = "hislip0";
+
+fn default_prologix_port() -> u16 {
+    DEFAULT_PROLOGIX_PORT
+}
+fn default_prologix_baud() -> u32 {
+    DEFAULT_PROLOGIX_BAUD
+}
+fn default_vxi11_device() -> String {
+    DEFAULT_VXI11_DEVICE.into()
+}
+fn default_portmap_port() -> u16 {
+    DEFAULT_PORTMAP_PORT
+}
+fn default_hislip_port() -> u16 {
+    DEFAULT_HISLIP_PORT
+}
+fn default_hislip_device() -> String {
+    DEFAULT_HISLIP_DEVICE.into()
 }
 
 fn default_data_bits() -> u8 {
@@ -168,6 +235,10 @@ pub struct InstrumentConfig {
     /// Modbus unit id (slave address); required on Modbus links.
     #[serde(default)]
     pub unit: Option<u8>,
+    /// Bus address behind a shared adapter: the GPIB primary address (0..=30) on a prologix
+    /// link; required there, refused elsewhere.
+    #[serde(default)]
+    pub address: Option<u8>,
     #[serde(default)]
     pub description: String,
     /// Skip the identity check (an instrument that answers *IDN? oddly).

@@ -6,10 +6,22 @@
 //! runs under a timeout, and after an I/O error, a timeout or a mismatched reply the task drops
 //! the connection (so a late reply cannot be mistaken for the next one) and reconnects with
 //! capped exponential backoff.
+//!
+//! SCPI runs either over a byte stream with terminator framing (TCP, serial, a serial device
+//! server) or over a message transport (USB-TMC, Prologix GPIB, VXI-11, HiSLIP) through the
+//! [`message::MessageIo`] seam; the reconnect rules are the same for both. On a Prologix link
+//! several instruments share the adapter, each at its GPIB address: their handles come from
+//! [`LinkHandle::at_address`] and each address is prepared (init, identity) on first use.
 
 pub mod backoff;
+pub mod hislip;
+pub mod message;
+pub mod prologix;
 pub mod transport;
+pub mod usbtmc;
+pub mod vxi11;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -21,6 +33,7 @@ use crate::config::schema::{LinkConfig, LinkProtocol, Transport};
 use crate::modbus::ops::{self, ModbusError, ModbusOp, ModbusReply};
 use crate::scpi::session::{Framing, ScpiConn, ScpiIoError};
 use backoff::Backoff;
+use message::{MessageError, MessageIo, PROBE_GRACE, ReadSpec};
 use transport::Stream;
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -171,8 +184,9 @@ pub struct LinkSpec {
 
 impl LinkSpec {
     pub fn from_config(name: &str, c: &LinkConfig) -> LinkSpec {
-        let t35 = match (&c.transport, c.protocol) {
-            (Transport::Serial { baud, .. }, LinkProtocol::ModbusRtu) => transport::t35(*baud),
+        // A serial device server keeps the serial line's timing: the frames still cross it.
+        let t35 = match (transport::serial_baud(&c.transport), c.protocol) {
+            (Some(baud), LinkProtocol::ModbusRtu) => transport::t35(baud),
             _ => Duration::ZERO,
         };
         LinkSpec {
@@ -191,6 +205,7 @@ impl LinkSpec {
 
 enum Job {
     Scpi {
+        address: Option<u8>,
         steps: Vec<ScpiStep>,
         reply: oneshot::Sender<Result<Vec<Option<String>>, LinkError>>,
     },
@@ -207,6 +222,8 @@ enum Job {
 pub struct LinkHandle {
     name: Arc<str>,
     protocol: LinkProtocol,
+    /// Bus address this handle's SCPI requests go to (Prologix GPIB address).
+    address: Option<u8>,
     queue_timeout: Duration,
     default_timeout: Duration,
     tx: mpsc::Sender<Job>,
@@ -228,6 +245,21 @@ impl LinkHandle {
 
     pub fn protocol(&self) -> LinkProtocol {
         self.protocol
+    }
+
+    /// A handle on the same link whose SCPI requests go to the instrument at bus address
+    /// `address` (its GPIB address on a Prologix link). The link must have been started with
+    /// [`spawn_addressed`] knowing that address, or requests fail.
+    pub fn at_address(&self, address: u8) -> LinkHandle {
+        LinkHandle {
+            address: Some(address),
+            ..self.clone()
+        }
+    }
+
+    /// The bus address this handle's requests go to, if any.
+    pub fn address(&self) -> Option<u8> {
+        self.address
     }
 
     /// The link's default request timeout.
@@ -262,7 +294,16 @@ impl LinkHandle {
             })
             .sum();
         let (reply, rx) = oneshot::channel();
-        self.submit(Job::Scpi { steps, reply }, rx, budget).await
+        self.submit(
+            Job::Scpi {
+                address: self.address,
+                steps,
+                reply,
+            },
+            rx,
+            budget,
+        )
+        .await
     }
 
     /// One Modbus transaction with unit `unit`; `timeout` overrides the link default.
@@ -322,11 +363,22 @@ impl LinkHandle {
 
 enum Session {
     Scpi(ScpiConn<Stream>),
+    Message(Box<dyn MessageIo>),
     Modbus(tokio_modbus::client::Context),
 }
 
 /// Start the task that owns a link. The task ends when every handle is dropped.
 pub fn spawn(spec: LinkSpec, scpi: Option<ScpiSetup>) -> LinkHandle {
+    spawn_inner(spec, scpi.unwrap_or_default(), BTreeMap::new())
+}
+
+/// Start a link whose SCPI instruments share a bus, each at its own address with its own
+/// driver setup (a Prologix adapter). Use [`LinkHandle::at_address`] for each instrument.
+pub fn spawn_addressed(spec: LinkSpec, setups: BTreeMap<u8, ScpiSetup>) -> LinkHandle {
+    spawn_inner(spec, ScpiSetup::default(), setups)
+}
+
+fn spawn_inner(spec: LinkSpec, scpi: ScpiSetup, by_address: BTreeMap<u8, ScpiSetup>) -> LinkHandle {
     let endpoint = transport::describe(&spec.transport);
     let (status_tx, status_rx) = watch::channel(LinkStatus {
         state: LinkState::Connecting,
@@ -343,6 +395,7 @@ pub fn spawn(spec: LinkSpec, scpi: Option<ScpiSetup>) -> LinkHandle {
     let handle = LinkHandle {
         name: Arc::from(spec.name.as_str()),
         protocol: spec.protocol,
+        address: None,
         queue_timeout: spec.queue_timeout,
         default_timeout: spec.timeout,
         tx,
@@ -352,7 +405,9 @@ pub fn spawn(spec: LinkSpec, scpi: Option<ScpiSetup>) -> LinkHandle {
         backoff: Backoff::new(spec.backoff_initial, spec.backoff_max),
         spec,
         endpoint,
-        scpi: scpi.unwrap_or_default(),
+        scpi,
+        by_address,
+        prepared: BTreeSet::new(),
         session: None,
         next_attempt: Instant::now(),
         last_frame: None,
@@ -367,6 +422,10 @@ struct Actor {
     spec: LinkSpec,
     endpoint: String,
     scpi: ScpiSetup,
+    /// Per-address setups of a shared bus; empty on a link with one instrument.
+    by_address: BTreeMap<u8, ScpiSetup>,
+    /// Addresses whose init and identity check ran on the current connection.
+    prepared: BTreeSet<u8>,
     session: Option<Session>,
     backoff: Backoff,
     next_attempt: Instant,
@@ -458,10 +517,19 @@ impl Actor {
 
     /// Open the transport and prepare the protocol session. `Err((message, permanent))`.
     async fn open_session(&mut self) -> Result<(Session, Option<String>), (String, bool)> {
-        let stream = transport::open(&self.spec.transport).await.map_err(|e| {
+        self.prepared.clear();
+        if message::is_message_transport(&self.spec.transport) {
+            return self.open_message_session().await;
+        }
+        let mut stream = transport::open(&self.spec.transport).await.map_err(|e| {
             let permanent = e.kind() == std::io::ErrorKind::PermissionDenied;
             (format!("cannot open {}: {e}", self.endpoint), permanent)
         })?;
+        if matches!(self.spec.transport, Transport::SerialServer { .. }) {
+            // A device server may hand the new connection what the serial line said while no
+            // one was connected (the late reply the last session gave up on).
+            transport::drain_stale(&mut stream).await;
+        }
         match self.spec.protocol {
             LinkProtocol::Scpi => {
                 let mut conn = ScpiConn::new(stream, self.scpi.framing.clone());
@@ -502,6 +570,31 @@ impl Actor {
         }
     }
 
+    async fn open_message_session(&mut self) -> Result<(Session, Option<String>), (String, bool)> {
+        let mut io = message::open(&self.spec.transport, self.spec.timeout).await?;
+        if self.ever_connected {
+            // Recovering from a failure: the device may still hold half a reply or a queued
+            // command for the connection that went away.
+            let bound = self.spec.timeout + PROBE_GRACE;
+            match tokio::time::timeout(bound, io.clear()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(link = %self.spec.name, error = %e, "device clear failed")
+                }
+                Err(_) => tracing::debug!(link = %self.spec.name, "device clear timed out"),
+            }
+        }
+        if !self.by_address.is_empty() || message::is_addressed_transport(&self.spec.transport) {
+            // Each address is prepared on first use, so one absent instrument does not keep
+            // the others on the bus from working.
+            let info = io.peer_info();
+            return Ok((Session::Message(io), info));
+        }
+        let setup = self.scpi.clone();
+        let identity = prepare_message(io.as_mut(), &setup, self.spec.timeout).await?;
+        Ok((Session::Message(io), identity))
+    }
+
     async fn serve(&mut self, job: Job) {
         if self.session.is_none() {
             if Instant::now() >= self.next_attempt {
@@ -522,8 +615,12 @@ impl Actor {
             }
         }
         match job {
-            Job::Scpi { steps, reply } => {
-                let result = self.run_scpi(&steps).await;
+            Job::Scpi {
+                address,
+                steps,
+                reply,
+            } => {
+                let result = self.run_scpi(address, &steps).await;
                 let _ = reply.send(self.settle(result));
             }
             Job::Modbus {
@@ -570,7 +667,10 @@ impl Actor {
         // After a timeout on a serial line the late reply can still be on its way, and reopening
         // the port does not stop it arriving: give it the link timeout to arrive, so the flush
         // on reopen discards it rather than the next request reading it as its answer.
-        if matches!(self.spec.transport, Transport::Serial { .. })
+        // A usbtmc node has no connection to drop either; its device clear on reopen covers a
+        // real device, the wait covers one that ignores it.
+        if (transport::is_serial_line(&self.spec.transport)
+            || matches!(self.spec.transport, Transport::Usbtmc { .. }))
             && matches!(error, LinkError::Timeout { .. })
         {
             delay = delay.max(self.spec.timeout);
@@ -600,7 +700,128 @@ impl Actor {
         }
     }
 
-    async fn run_scpi(&mut self, steps: &[ScpiStep]) -> Result<Vec<Option<String>>, Failure> {
+    async fn run_scpi(
+        &mut self,
+        address: Option<u8>,
+        steps: &[ScpiStep],
+    ) -> Result<Vec<Option<String>>, Failure> {
+        match self.session {
+            Some(Session::Message(_)) => self.run_scpi_message(address, steps).await,
+            _ if address.is_some() => Err(Failure {
+                error: LinkError::Io {
+                    link: self.spec.name.clone(),
+                    endpoint: self.endpoint.clone(),
+                    request: describe_steps(steps),
+                    message: "this link kind has no bus addresses".into(),
+                },
+                drop_connection: false,
+            }),
+            _ => self.run_scpi_stream(steps).await,
+        }
+    }
+
+    async fn run_scpi_message(
+        &mut self,
+        address: Option<u8>,
+        steps: &[ScpiStep],
+    ) -> Result<Vec<Option<String>>, Failure> {
+        let link = self.spec.name.clone();
+        let endpoint = self.endpoint.clone();
+        let default_timeout = self.spec.timeout;
+        let setup = match address {
+            Some(a) => match self.by_address.get(&a) {
+                Some(s) => s.clone(),
+                None => {
+                    return Err(Failure {
+                        error: LinkError::Io {
+                            link,
+                            endpoint,
+                            request: describe_steps(steps),
+                            message: format!("no instrument is configured at address {a}"),
+                        },
+                        drop_connection: false,
+                    });
+                }
+            },
+            None => self.scpi.clone(),
+        };
+        let Some(Session::Message(io)) = self.session.as_mut() else {
+            unreachable!("checked by run_scpi")
+        };
+        let io = io.as_mut();
+        let fail = |request: &str, timeout: Duration, e: MessageError| {
+            message_failure(&link, &endpoint, request, timeout, e)
+        };
+        let bound = default_timeout + PROBE_GRACE;
+        match tokio::time::timeout(bound, io.select(address)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(fail("select address", default_timeout, e)),
+            Err(_) => {
+                return Err(fail(
+                    "select address",
+                    default_timeout,
+                    MessageError::Timeout(bound),
+                ));
+            }
+        }
+        if let Some(a) = address
+            && !self.prepared.contains(&a)
+        {
+            match prepare_message(io, &setup, default_timeout).await {
+                Ok(_) => {
+                    self.prepared.insert(a);
+                }
+                Err((message, wrong_instrument)) => {
+                    let error = if wrong_instrument {
+                        LinkError::Mismatch {
+                            link,
+                            endpoint,
+                            request: format!("address {a}"),
+                            message,
+                        }
+                    } else {
+                        LinkError::Io {
+                            link,
+                            endpoint,
+                            request: format!("address {a}"),
+                            message,
+                        }
+                    };
+                    // A wrong identity came as a whole reply: the bus is in step, and the other
+                    // instruments on it are fine. Anything else may leave a reply in flight.
+                    return Err(Failure {
+                        error,
+                        drop_connection: !wrong_instrument,
+                    });
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(steps.len());
+        for step in steps {
+            let (request, timeout) = match step {
+                ScpiStep::Write(t) => (t, default_timeout),
+                ScpiStep::Query { text, timeout } => (text, *timeout),
+            };
+            let result = match step {
+                ScpiStep::Write(t) => msg_write(io, &setup.framing, t, timeout)
+                    .await
+                    .map(|_| None),
+                ScpiStep::Query { text, .. } => {
+                    msg_query(io, &setup.framing, text, timeout).await.map(Some)
+                }
+            };
+            match result {
+                Ok(reply) => out.push(reply),
+                Err(e) => return Err(fail(request, timeout, e)),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn run_scpi_stream(
+        &mut self,
+        steps: &[ScpiStep],
+    ) -> Result<Vec<Option<String>>, Failure> {
         let Some(Session::Scpi(conn)) = self.session.as_mut() else {
             unreachable!("scpi job on a non-scpi session is refused by the handle")
         };
@@ -721,4 +942,143 @@ impl Actor {
             }),
         }
     }
+}
+
+fn describe_steps(steps: &[ScpiStep]) -> String {
+    steps
+        .iter()
+        .map(|s| match s {
+            ScpiStep::Write(t) => t.as_str(),
+            ScpiStep::Query { text, .. } => text.as_str(),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn message_failure(
+    link: &str,
+    endpoint: &str,
+    request: &str,
+    timeout: Duration,
+    e: MessageError,
+) -> Failure {
+    let drop_connection = !e.keeps_connection();
+    let (link, endpoint, request) = (link.to_string(), endpoint.to_string(), request.to_string());
+    let error = match e {
+        MessageError::Timeout(_) => LinkError::Timeout {
+            link,
+            endpoint,
+            request,
+            timeout,
+        },
+        MessageError::TooLong { .. } | MessageError::Protocol(_) => LinkError::Mismatch {
+            link,
+            endpoint,
+            request,
+            message: e.to_string(),
+        },
+        other => LinkError::Io {
+            link,
+            endpoint,
+            request,
+            message: other.to_string(),
+        },
+    };
+    Failure {
+        error,
+        drop_connection,
+    }
+}
+
+/// The bytes of one command on a message transport: the command and the driver's write
+/// terminator, refused when the command holds a line break of its own (the instrument would see
+/// two commands, as on a stream).
+fn frame_command(cmd: &str, framing: &Framing) -> Result<Vec<u8>, MessageError> {
+    let wt = &framing.write_termination;
+    let bytes = cmd.as_bytes();
+    if bytes.iter().any(|b| *b == b'\n' || *b == b'\r')
+        || (!wt.is_empty() && memchr::memmem::find(bytes, wt).is_some())
+    {
+        return Err(MessageError::Unsupported(format!(
+            "command contains a line terminator: {:?}",
+            crate::scpi::parse::preview(cmd)
+        )));
+    }
+    let mut out = Vec::with_capacity(bytes.len() + wt.len());
+    out.extend_from_slice(bytes);
+    out.extend_from_slice(wt);
+    Ok(out)
+}
+
+async fn msg_write(
+    io: &mut dyn MessageIo,
+    framing: &Framing,
+    cmd: &str,
+    timeout: Duration,
+) -> Result<(), MessageError> {
+    let bytes = frame_command(cmd, framing)?;
+    // The implementation bounds its own I/O; this catches one that does not.
+    tokio::time::timeout(timeout + PROBE_GRACE, io.write_msg(&bytes))
+        .await
+        .map_err(|_| MessageError::Timeout(timeout))?
+}
+
+async fn msg_query(
+    io: &mut dyn MessageIo,
+    framing: &Framing,
+    cmd: &str,
+    timeout: Duration,
+) -> Result<String, MessageError> {
+    msg_write(io, framing, cmd, timeout).await?;
+    let spec = ReadSpec {
+        timeout,
+        max: framing
+            .max_reply
+            .saturating_add(framing.read_termination.len() + 1),
+        terminator: &framing.read_termination,
+    };
+    let mut reply = tokio::time::timeout(timeout + PROBE_GRACE, io.read_msg(spec))
+        .await
+        .map_err(|_| MessageError::Timeout(timeout))??;
+    let rt = &framing.read_termination;
+    if !rt.is_empty() && reply.ends_with(rt) {
+        reply.truncate(reply.len() - rt.len());
+    }
+    if reply.last() == Some(&b'\r') {
+        reply.pop();
+    }
+    if reply.len() > framing.max_reply {
+        return Err(MessageError::TooLong {
+            max: framing.max_reply,
+        });
+    }
+    String::from_utf8(reply).map_err(|e| {
+        MessageError::Protocol(format!(
+            "reply is not valid utf-8: {:?}",
+            crate::scpi::parse::preview(&String::from_utf8_lossy(e.as_bytes()))
+        ))
+    })
+}
+
+/// Run a setup's init commands and identity check on a message transport. Returns the identity
+/// reply; `Err((message, wrong_instrument))`, where a wrong instrument is not worth retrying soon.
+async fn prepare_message(
+    io: &mut dyn MessageIo,
+    setup: &ScpiSetup,
+    timeout: Duration,
+) -> Result<Option<String>, (String, bool)> {
+    for cmd in &setup.init {
+        msg_write(io, &setup.framing, cmd, timeout)
+            .await
+            .map_err(|e| (format!("init `{cmd}`: {e}"), false))?;
+    }
+    let Some((query, contains)) = &setup.identity else {
+        return Ok(None);
+    };
+    let reply = msg_query(io, &setup.framing, query, timeout)
+        .await
+        .map_err(|e| (format!("identity query `{query}`: {e}"), false))?;
+    crate::scpi::parse::check_identity(&reply, contains)
+        .map_err(|e| (format!("wrong instrument: {e}"), true))?;
+    Ok(Some(reply))
 }

@@ -813,8 +813,9 @@ impl Exec {
         step_id: StepId,
         define: bool,
     ) -> Result<Outcome, Outcome> {
+        // Into the declared unit: `flux / power` computed from mW is converted to lm/W.
         let v = Expr::parse(expr)
-            .and_then(|e| e.eval(&self.vars, None))
+            .and_then(|e| e.eval(&self.vars, Some(unit)))
             .map_err(Outcome::Error)?;
         let value = v.is_finite().then_some(v);
         let invalid = value.is_none().then(|| format!("not a number: {v}"));

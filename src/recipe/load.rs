@@ -546,6 +546,9 @@ pub fn resolve_params(
     }
     for (name, p) in &recipe.parameters {
         let locs = &recipe.param_locs[name];
+        if let Err(m) = units::Unit::parse(&p.unit) {
+            diags.push(locs.diag("unit", m));
+        }
         let given = overrides.get(name).copied();
         let Some(value) = given.or(p.default) else {
             diags.push(locs.diag(
@@ -831,10 +834,18 @@ impl Validator<'_> {
                         self.define(scope, &q, &unit);
                     }
                 }
-                self.expr(l, "condition", &w.condition, scope, None);
+                self.expr(l, "condition", &w.condition, scope, None, "");
             }
             StepKind::Compute(c) => {
-                self.expr(l, "expr", &c.expr, scope, None);
+                self.unit(l, "unit", &c.unit);
+                self.expr(
+                    l,
+                    "expr",
+                    &c.expr,
+                    scope,
+                    Some(&c.unit),
+                    super::expr::DECLARES,
+                );
                 if let Some(spec) = &c.limit {
                     self.limit(l, "limit", spec, &c.unit, scope);
                 }
@@ -850,7 +861,15 @@ impl Validator<'_> {
                 self.define(scope, &c.output, &c.unit);
             }
             StepKind::Check(c) => {
-                self.expr(l, "expr", &c.expr, scope, None);
+                self.unit(l, "unit", &c.unit);
+                self.expr(
+                    l,
+                    "expr",
+                    &c.expr,
+                    scope,
+                    Some(&c.unit),
+                    super::expr::DECLARES,
+                );
                 self.limit(l, "limit", &c.limit, &c.unit, scope);
             }
             StepKind::Confirm(c) => {
@@ -865,6 +884,7 @@ impl Validator<'_> {
                 self.steps(inner, scope, sweeps);
             }
             StepKind::Sweep(head, inner) => {
+                self.unit(l, "unit", &head.unit);
                 if head.values.is_empty() && head.range.is_none() {
                     self.diags
                         .push(l.diag("values", "a sweep needs at least one value"));
@@ -1039,7 +1059,7 @@ impl Validator<'_> {
                     if matches!(def.arg_type, ArgType::Float | ArgType::Int) =>
                 {
                     let target = (!def.unit.is_empty()).then_some(def.unit.as_str());
-                    if !self.expr(l, &at, text, scope, target) {
+                    if !self.expr(l, &at, text, scope, target, "the argument is in") {
                         complete = false;
                         continue;
                     }
@@ -1088,7 +1108,8 @@ impl Validator<'_> {
         }
     }
 
-    /// Check an expression; `target` is the unit it is compared with or passed as. True if fine.
+    /// Check an expression; `target` is the unit it is compared with or stored or passed as
+    /// (`what`, for messages). True if fine.
     fn expr(
         &mut self,
         l: &Locs,
@@ -1096,6 +1117,7 @@ impl Validator<'_> {
         text: &str,
         scope: &Scope,
         target: Option<&str>,
+        what: &str,
     ) -> bool {
         match Expr::parse(text) {
             Err(msg) => {
@@ -1103,7 +1125,7 @@ impl Validator<'_> {
                 false
             }
             Ok(e) => {
-                let problems = e.check(scope, target);
+                let problems = e.check(scope, target, what);
                 let ok = problems.is_empty();
                 for p in problems {
                     self.diags.push(l.diag(at, p));
@@ -1123,6 +1145,11 @@ impl Validator<'_> {
             self.diags.push(l.diag(&sub, msg));
         }
         let limit_unit = spec.unit.as_deref().unwrap_or(value_unit);
+        if let Some(u) = &spec.unit
+            && !self.unit(l, &format!("{at}.unit"), u)
+        {
+            return;
+        }
         if !units::compatible(limit_unit, value_unit) {
             self.diags.push(l.diag(
                 &format!("{at}.unit"),
@@ -1135,7 +1162,25 @@ impl Validator<'_> {
             return;
         }
         for (key, text) in limits::expressions(spec) {
-            self.expr(l, &format!("{at}.{key}"), text, scope, Some(limit_unit));
+            self.expr(
+                l,
+                &format!("{at}.{key}"),
+                text,
+                scope,
+                Some(limit_unit),
+                "the value compared is in",
+            );
+        }
+    }
+
+    /// Check a unit's syntax (`lm/W`, `mA`); true if it parses.
+    fn unit(&mut self, l: &Locs, at: &str, unit: &str) -> bool {
+        match units::Unit::parse(unit) {
+            Ok(_) => true,
+            Err(m) => {
+                self.diags.push(l.diag(at, m));
+                false
+            }
         }
     }
 
@@ -1162,16 +1207,14 @@ impl Validator<'_> {
             Ok(e) => {
                 let mut problems = Vec::new();
                 for v in e.variables() {
-                    match scope.get(&v) {
-                        None => problems.push(format!(
+                    if !scope.contains_key(&v) {
+                        problems.push(format!(
                             "`{t}`: `{v}` is not a parameter (durations may use parameters only)"
-                        )),
-                        Some(u) if !units::compatible(u, "s") => problems.push(format!(
-                            "`{t}`: unit mismatch: `{v}` is in {} but a duration needs a time unit (s, ms, min, h)",
-                            units::shown(u)
-                        )),
-                        _ => {}
+                        ));
                     }
+                }
+                if problems.is_empty() {
+                    problems = e.check(&scope, Some("s"), "a duration needs");
                 }
                 if problems.is_empty() {
                     if let Err(msg) = duration(spec, self.params) {

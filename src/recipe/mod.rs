@@ -2,7 +2,8 @@
 //!
 //! - [`schema`]: the file format; [`load`]: parsing and validation against a station, with
 //!   every problem reported at once with file:line:col.
-//! - [`expr`]: expressions over parameters and measured values; [`units`]: unit conversion;
+//! - [`expr`]: expressions over parameters and measured values, evaluated with units;
+//!   [`units`]: units with dimensions (conversion, and what `*` and `/` make of them);
 //!   [`limits`]: limits and verdicts.
 //! - [`engine`]: runs a validated recipe on instruments and files results in the store;
 //!   [`locks`]: an instrument belongs to one run at a time.

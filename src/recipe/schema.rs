@@ -201,6 +201,7 @@ pub struct Compute {
     /// The name the value is stored and referred to by.
     pub output: String,
     pub expr: String,
+    /// The value's unit: the expression's inferred unit must convert to it, and is converted.
     #[serde(default)]
     pub unit: String,
     #[serde(default)]

@@ -4,6 +4,7 @@
 //! Every connection to one instrument (TCP or pty) shares that instrument's state, exactly as
 //! several clients of a real LAN instrument would.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -20,6 +21,7 @@ use super::logger::{Logger, LoggerConfig};
 use super::modbus::{ModbusBench, RtuPty, serve_rtu_pty};
 use super::plant::{Plant, PlantConfig};
 use super::power_analyzer::{PowerAnalyzer, PowerAnalyzerConfig};
+use super::prologix::{Bus, PrologixStats};
 use super::pty::open_pty;
 use super::scpi_server::{ScpiDevice, serve_stream, serve_tcp};
 use super::sphere::{Sphere, SphereConfig};
@@ -45,6 +47,9 @@ pub struct SimBenchConfig {
     pub logger_port: u16,
     /// Modbus TCP server carrying unit 1 (chamber), 2 (Eurotherm) and 3 (relay rack).
     pub modbus_port: u16,
+    /// Serve a simulated Prologix GPIB-Ethernet adapter on this port, with the four SCPI
+    /// instruments on its bus at [`GPIB_ADDRESSES`] (0 picks an ephemeral port; `None`: none).
+    pub prologix_port: Option<u16>,
     /// Pace the Modbus RTU pseudo-terminal to this baud rate's wire time.
     pub rtu_pace_baud: Option<u32>,
     pub plant: PlantConfig,
@@ -65,6 +70,7 @@ impl Default for SimBenchConfig {
             sphere_port: 15027,
             logger_port: 15028,
             modbus_port: 15502,
+            prologix_port: None,
             rtu_pace_baud: None,
             plant: PlantConfig::default(),
             faults: BenchFaults::default(),
@@ -90,6 +96,10 @@ impl SimBenchConfig {
     }
 }
 
+/// GPIB addresses of the simulated instruments behind the simulated Prologix adapter:
+/// power analyzer, AC source, sphere, logger.
+pub const GPIB_ADDRESSES: [u8; 4] = [5, 6, 7, 9];
+
 /// Device paths of the pseudo-terminals, when the bench serves them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BenchPtys {
@@ -99,6 +109,9 @@ pub struct BenchPtys {
     pub logger: PathBuf,
     /// The Modbus devices as one RTU bus (same unit ids as on TCP).
     pub modbus_rtu: PathBuf,
+    /// A Prologix GPIB-USB adapter with the SCPI instruments at [`GPIB_ADDRESSES`], when the
+    /// bench also serves the GPIB-Ethernet one.
+    pub prologix: Option<PathBuf>,
 }
 
 /// A running bench. Dropping it (or [`SimBench::shutdown`]) stops every server and closes every
@@ -110,6 +123,10 @@ pub struct SimBench {
     pub sphere: SocketAddr,
     pub logger: SocketAddr,
     pub modbus: SocketAddr,
+    /// The simulated Prologix GPIB-Ethernet adapter, when configured.
+    pub prologix: Option<SocketAddr>,
+    /// What the adapter saw (address switches, reads); tests inspect it.
+    pub prologix_stats: Arc<PrologixStats>,
     pub ptys: Option<BenchPtys>,
     /// The simulated Modbus devices; tests inspect their state.
     pub modbus_devices: Arc<ModbusBench>,
@@ -142,6 +159,10 @@ pub async fn start(cfg: SimBenchConfig) -> io::Result<SimBench> {
     let sp_l = bind(cfg.host, cfg.sphere_port, "sphere").await?;
     let lg_l = bind(cfg.host, cfg.logger_port, "logger").await?;
     let mb_l = bind(cfg.host, cfg.modbus_port, "modbus").await?;
+    let pg_l = match cfg.prologix_port {
+        Some(port) => Some(bind(cfg.host, port, "prologix adapter").await?),
+        None => None,
+    };
     let modbus_devices = Arc::new(ModbusBench::default());
 
     let plant = Plant::new(cfg.plant.clone());
@@ -163,12 +184,46 @@ pub async fn start(cfg: SimBenchConfig) -> io::Result<SimBench> {
         sphere: sp_l.local_addr()?,
         logger: lg_l.local_addr()?,
         modbus: mb_l.local_addr()?,
+        prologix: match &pg_l {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        },
+        prologix_stats: Arc::new(PrologixStats::default()),
         ptys: None,
         modbus_devices: modbus_devices.clone(),
         rtu_pty: None,
         plant,
         tasks: Vec::new(),
     };
+    let mut prologix_pty = None;
+    if let Some(l) = pg_l {
+        let (pa, ac, sp, lg) = (
+            analyzer.clone(),
+            source.clone(),
+            sphere.clone(),
+            logger.clone(),
+        );
+        let [a_pa, a_ac, a_sp, a_lg] = GPIB_ADDRESSES;
+        let bus = move || -> Bus {
+            let mut b: Bus = BTreeMap::new();
+            b.insert(a_pa, Box::new(pa.clone()));
+            b.insert(a_ac, Box::new(ac.clone()));
+            b.insert(a_sp, Box::new(sp.clone()));
+            b.insert(a_lg, Box::new(lg.clone()));
+            b
+        };
+        let stats = bench.prologix_stats.clone();
+        if cfg.pty {
+            let (path, task) = super::prologix::serve_pty(bus.clone(), stats.clone())?;
+            bench.tasks.push(task);
+            prologix_pty = Some(path);
+        }
+        bench.tasks.push(tokio::spawn(async move {
+            if let Err(e) = super::prologix::serve_tcp(l, bus, stats).await {
+                tracing::warn!(message = "sim prologix adapter stopped", error = %e);
+            }
+        }));
+    }
     let f = &cfg.faults;
     bench.spawn_tcp(pa_l, analyzer.clone(), f.power_analyzer.clone());
     bench.spawn_tcp(ac_l, source.clone(), f.ac_source.clone());
@@ -204,6 +259,7 @@ pub async fn start(cfg: SimBenchConfig) -> io::Result<SimBench> {
             sphere: sp_p,
             logger: lg_p,
             modbus_rtu: PathBuf::from(rtu.path()),
+            prologix: prologix_pty,
         });
         bench.rtu_pty = Some(rtu);
     }
@@ -227,6 +283,14 @@ impl SimBench {
              \x20                                  tcp   {}\n",
             self.power_analyzer, self.ac_source, self.sphere, self.logger, self.modbus
         );
+        if let Some(p) = self.prologix {
+            let [a, b, c, d] = GPIB_ADDRESSES;
+            s.push_str(&format!(
+                "prologix gpib-ethernet adapter (analyzer @{a}, source @{b}, sphere @{c}, logger @{d})
+                                                    tcp   {p}
+"
+            ));
+        }
         if let Some(p) = &self.ptys {
             s.push_str(&format!(
                 "pseudo-terminals: analyzer {}, source {}, sphere {}, logger {}, modbus rtu {}\n",
@@ -236,6 +300,12 @@ impl SimBench {
                 p.logger.display(),
                 p.modbus_rtu.display()
             ));
+            if let Some(g) = &p.prologix {
+                s.push_str(&format!(
+                    "prologix gpib-usb adapter (same addresses) on pseudo-terminal {}\n",
+                    g.display()
+                ));
+            }
         }
         s
     }

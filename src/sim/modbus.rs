@@ -874,8 +874,12 @@ pub async fn serve_rtu<S: AsyncRead + AsyncWrite + Unpin + Send>(
                 let crc = if faults.garbage { !crc } else { crc };
                 frame.extend(crc.to_le_bytes());
                 if let Some(baud) = pace_baud {
+                    // A pty delivers the request at once, so the simulator stands in for the
+                    // wire: the request's own transmission time, the device's t3.5 silence
+                    // before it answers, then the reply's transmission. The silence after the
+                    // reply is the master's to keep (the link does), not the device's.
                     let chars = (len + frame.len()) as u32;
-                    tokio::time::sleep(char_time(baud) * chars + t35(baud) * 2).await;
+                    tokio::time::sleep(char_time(baud) * chars + t35(baud)).await;
                 }
                 port.write_all(&frame).await?;
                 port.flush().await?;

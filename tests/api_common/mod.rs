@@ -233,3 +233,299 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Runs: a recipes directory with short recipes, and a Server-Sent Events client.
+
+/// The LM-79 recipe with defaults that make a run take a second or two on a quick plant.
+pub fn fast_lm79() -> String {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/recipes/lm79-led-lamp.toml"
+    ))
+    .unwrap();
+    let set = |t: String, param: &str, from: &str, to: &str| {
+        let head = format!("[parameters.{param}]");
+        let at = t.find(&head).unwrap_or_else(|| panic!("no {head}"));
+        let (a, b) = t.split_at(at);
+        let b = b.replacen(from, to, 1);
+        format!("{a}{b}")
+    };
+    let t = set(
+        text,
+        "stabilize_interval",
+        "default = 60.0",
+        "default = 0.1",
+    );
+    let t = set(t, "stabilize_max", "default = 60.0", "default = 0.5");
+    set(t, "sample_interval", "default = 1.0", "default = 0.05")
+}
+
+/// Source on, one power reading, then a long soak: a run that stays running until aborted.
+pub const SLOW_RECIPE: &str = r#"
+[recipe]
+name = "slow"
+version = "1"
+roles = ["source", "analyzer"]
+
+[[steps]]
+kind = "act"
+name = "lamp on"
+role = "source"
+action = "output"
+args = { on = true }
+
+[[steps]]
+kind = "measure"
+name = "power"
+role = "analyzer"
+quantities = ["power"]
+
+[[steps]]
+kind = "wait"
+name = "soak"
+duration = "120s"
+
+[[cleanup]]
+kind = "act"
+name = "lamp off"
+role = "source"
+action = "output"
+args = { on = false }
+"#;
+
+/// Asks the operator, then measures.
+pub const CONFIRM_RECIPE: &str = r#"
+[recipe]
+name = "ask"
+version = "1"
+roles = ["analyzer"]
+
+[[steps]]
+kind = "confirm"
+name = "insert lamp"
+prompt = "insert lamp 2"
+timeout = "60s"
+
+[[steps]]
+kind = "measure"
+name = "power"
+role = "analyzer"
+quantities = ["power"]
+"#;
+
+/// Write the test recipes into `dir/recipes` and return the directory.
+pub fn write_recipes(dir: &Path) -> std::path::PathBuf {
+    let r = dir.join("recipes");
+    std::fs::create_dir_all(&r).unwrap();
+    std::fs::write(r.join("lm79-led-lamp.toml"), fast_lm79()).unwrap();
+    std::fs::write(r.join("slow.toml"), SLOW_RECIPE).unwrap();
+    std::fs::write(r.join("ask.toml"), CONFIRM_RECIPE).unwrap();
+    r
+}
+
+/// The demo config on `sim` with the test recipes; data and recipes under `dir`.
+pub fn runs_config_text(sim: &SimBench, dir: &Path, extra: &str) -> String {
+    let recipes = write_recipes(dir);
+    demo_config_text(sim, dir, extra).replacen(
+        "[paths]\n",
+        &format!("[paths]\nrecipes = {:?}\n", recipes.display().to_string()),
+        1,
+    )
+}
+
+/// A sim bench whose lamp warms up in 0.3 s.
+pub async fn quick_sim() -> SimBench {
+    labgate::sim::bench::start(SimBenchConfig {
+        plant: labgate::sim::plant::PlantConfig {
+            tau: Duration::from_millis(300),
+            ..Default::default()
+        },
+        ..SimBenchConfig::ephemeral()
+    })
+    .await
+    .unwrap()
+}
+
+/// Like [`serve`], with a quick plant and the test recipes.
+pub async fn serve_runs() -> Served {
+    let sim = quick_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bench = load_text(dir.path(), &runs_config_text(&sim, dir.path(), ""));
+    let store = Store::open(store::path_in(&bench.paths.data)).unwrap();
+    let state = AppState::new(
+        Live::start(bench),
+        Some(store),
+        labgate::metrics::install(),
+        true,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = api::router(state.clone());
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Served {
+        addr,
+        sim,
+        state,
+        dir,
+        server,
+    }
+}
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sse {
+    pub id: Option<i64>,
+    pub event: String,
+    pub data: serde_json::Value,
+}
+
+/// A client of one event stream on a raw loopback connection (chunked HTTP/1.1).
+pub struct SseStream {
+    stream: tokio::net::TcpStream,
+    raw: Vec<u8>,
+    text: String,
+    pub status: u16,
+    pub content_type: String,
+    ended: bool,
+}
+
+impl SseStream {
+    pub async fn open(addr: SocketAddr, path: &str, last_event_id: Option<i64>) -> SseStream {
+        let mut stream = tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(addr))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut req =
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
+        if let Some(id) = last_event_id {
+            req.push_str(&format!("Last-Event-ID: {id}\r\n"));
+        }
+        req.push_str("\r\n");
+        stream.write_all(req.as_bytes()).await.unwrap();
+        let mut s = SseStream {
+            stream,
+            raw: Vec::new(),
+            text: String::new(),
+            status: 0,
+            content_type: String::new(),
+            ended: false,
+        };
+        // The head.
+        loop {
+            if let Some(end) = s.raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&s.raw[..end]).to_string();
+                s.raw.drain(..end + 4);
+                s.status = head
+                    .lines()
+                    .next()
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|c| c.parse().ok())
+                    .unwrap();
+                s.content_type = head
+                    .lines()
+                    .filter_map(|l| l.split_once(':'))
+                    .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-type"))
+                    .map(|(_, v)| v.trim().to_string())
+                    .unwrap_or_default();
+                break;
+            }
+            assert!(s.fill().await, "connection closed before the response head");
+        }
+        s
+    }
+
+    async fn fill(&mut self) -> bool {
+        let mut buf = [0u8; 8192];
+        let n = tokio::time::timeout(WAIT, self.stream.read(&mut buf))
+            .await
+            .expect("event stream silent for too long")
+            .unwrap_or(0);
+        self.raw.extend_from_slice(&buf[..n]);
+        n > 0
+    }
+
+    /// Move complete chunks from `raw` to `text`; false once the last chunk was seen.
+    fn dechunk(&mut self) {
+        loop {
+            let Some(eol) = self.raw.windows(2).position(|w| w == b"\r\n") else {
+                return;
+            };
+            let size = usize::from_str_radix(String::from_utf8_lossy(&self.raw[..eol]).trim(), 16)
+                .unwrap_or(0);
+            if size == 0 {
+                self.ended = true;
+                return;
+            }
+            if self.raw.len() < eol + 2 + size + 2 {
+                return;
+            }
+            let chunk = self.raw[eol + 2..eol + 2 + size].to_vec();
+            self.raw.drain(..eol + 2 + size + 2);
+            self.text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
+    /// The next event (keep-alive comments skipped); `None` when the stream ended.
+    pub async fn next(&mut self) -> Option<Sse> {
+        loop {
+            self.dechunk();
+            while let Some(end) = self.text.find("\n\n") {
+                let block: String = self.text.drain(..end + 2).collect();
+                let (mut id, mut event, mut data) = (None, String::from("message"), String::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        id = v.trim().parse().ok();
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        event = v.trim().to_string();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if !data.is_empty() {
+                    return Some(Sse {
+                        id,
+                        event,
+                        data: serde_json::from_str(&data).unwrap(),
+                    });
+                }
+            }
+            if self.ended || !self.fill().await {
+                return None;
+            }
+        }
+    }
+
+    /// Every event up to the end of the stream.
+    pub async fn rest(&mut self) -> Vec<Sse> {
+        let mut v = Vec::new();
+        while let Some(e) = self.next().await {
+            v.push(e);
+        }
+        v
+    }
+}
+
+/// Start a run over HTTP; panics unless 201. Returns the run id.
+pub async fn start_run(addr: SocketAddr, body: &str) -> i64 {
+    let r = post_json(addr, "/api/v1/runs", body).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.json()["id"].as_i64().unwrap();
+    assert_eq!(
+        r.header("location"),
+        Some(format!("/api/v1/runs/{id}").as_str())
+    );
+    id
+}
+
+/// Wait until run `id` has a verdict; returns the run detail.
+pub async fn finished(addr: SocketAddr, id: i64) -> serde_json::Value {
+    eventually(&format!("run {id} to finish"), || async {
+        let r = get(addr, &format!("/api/v1/runs/{id}")).await;
+        let j = r.json();
+        (!j["run"]["verdict"].is_null() && j["active"] == false).then_some(j)
+    })
+    .await
+}

@@ -1,0 +1,295 @@
+//! A simulated Prologix GPIB adapter (GPIB-Ethernet on TCP, GPIB-USB on a pseudo-terminal)
+//! fronting simulated SCPI instruments by GPIB address.
+//!
+//! Modelled on the Prologix manual: a line ends at an unescaped CR or LF; a line starting with
+//! `++` is an adapter command; any other line, unescaped (ESC quotes the next byte), is one GPIB
+//! message (EOI on its last byte) to the instrument at the current address. `++read` relays
+//! that instrument's pending output; with nothing pending the adapter waits `++read_tmo_ms` and
+//! relays nothing, exactly as a real adapter with no talker would. `++auto 1` reads after every
+//! data line. `++eos` appends CR/LF to data per its mode. The version line and the counters in
+//! [`PrologixStats`] let tests check what the host did (how often it switched addresses).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use super::pty::open_pty;
+use super::scpi_server::{ScpiDevice, split_commands};
+
+const ESC: u8 = 0x1b;
+/// Longest adapter input line kept (the real adapter's buffer is smaller still).
+const MAX_LINE: usize = 64 * 1024;
+
+pub const VERSION_ETHERNET: &str = "Prologix GPIB-ETHERNET Controller version 01.06.06.00";
+pub const VERSION_USB: &str = "Prologix GPIB-USB Controller version 6.107";
+
+/// What the adapter saw, for tests.
+#[derive(Debug, Default)]
+pub struct PrologixStats {
+    /// `++addr N` commands that set an address (queries not counted).
+    pub address_switches: AtomicU64,
+    /// `++read` commands.
+    pub reads: AtomicU64,
+    /// GPIB messages delivered to instruments.
+    pub messages: AtomicU64,
+    /// `++clr` (selected device clear) commands.
+    pub clears: AtomicU64,
+    /// Connections (TCP) or sessions served.
+    pub connections: AtomicU64,
+    /// While set the adapter reads and ignores everything (a hung adapter).
+    pub silent: AtomicBool,
+}
+
+/// The instruments on the bus, by GPIB address. Made anew per connection by a factory, but the
+/// simulated devices share their state through `Arc`s as on the TCP servers.
+pub type Bus = BTreeMap<u8, Box<dyn ScpiDevice>>;
+
+struct Adapter {
+    bus: Bus,
+    /// Output each instrument has ready to send (its replies, newline-terminated).
+    pending: BTreeMap<u8, VecDeque<u8>>,
+    addr: u8,
+    auto: bool,
+    eos: u8,
+    read_tmo: Duration,
+    version: &'static str,
+    stats: Arc<PrologixStats>,
+}
+
+/// Serve one host connection until it closes.
+pub async fn serve_stream<S>(
+    mut stream: S,
+    bus: Bus,
+    version: &'static str,
+    stats: Arc<PrologixStats>,
+) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    stats.connections.fetch_add(1, Ordering::Relaxed);
+    let mut a = Adapter {
+        bus,
+        pending: BTreeMap::new(),
+        addr: 0,
+        auto: false,
+        eos: 0,
+        read_tmo: Duration::from_millis(500),
+        version,
+        stats,
+    };
+    let mut line: Vec<u8> = Vec::new();
+    let mut escaped = false;
+    let mut raw_plus = 0usize;
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        if a.stats.silent.load(Ordering::Relaxed) {
+            continue;
+        }
+        for &b in &chunk[..n] {
+            if escaped {
+                escaped = false;
+                if line.len() < MAX_LINE {
+                    line.push(b);
+                }
+                continue;
+            }
+            match b {
+                ESC => escaped = true,
+                b'\r' | b'\n' => {
+                    // An adapter command is `++` at the start of the line, unescaped.
+                    let is_cmd = raw_plus >= 2 && line.starts_with(b"++");
+                    let l = std::mem::take(&mut line);
+                    raw_plus = 0;
+                    if l.is_empty() {
+                        continue;
+                    }
+                    if is_cmd {
+                        a.command(&String::from_utf8_lossy(&l[2..]), &mut stream)
+                            .await?;
+                    } else {
+                        a.data(l, &mut stream).await?;
+                    }
+                }
+                _ => {
+                    if b == b'+' && line.len() == raw_plus && raw_plus < 2 {
+                        raw_plus += 1;
+                    }
+                    if line.len() < MAX_LINE {
+                        line.push(b);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Adapter {
+    async fn command<S: AsyncWrite + Unpin>(&mut self, cmd: &str, out: &mut S) -> io::Result<()> {
+        let mut parts = cmd.split_whitespace();
+        let name = parts.next().unwrap_or("").to_ascii_lowercase();
+        let arg = parts.next();
+        let num = arg.and_then(|a| a.parse::<u64>().ok());
+        let reply: Option<String> = match name.as_str() {
+            "ver" => Some(self.version.to_string()),
+            "addr" => match num {
+                None => Some(self.addr.to_string()),
+                Some(n) if n <= 30 => {
+                    self.addr = n as u8;
+                    self.stats.address_switches.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+                Some(_) => Some("Error".into()),
+            },
+            "auto" => match num {
+                None => Some(u8::from(self.auto).to_string()),
+                Some(n) => {
+                    self.auto = n == 1;
+                    None
+                }
+            },
+            "eos" => match num {
+                None => Some(self.eos.to_string()),
+                Some(n) => {
+                    self.eos = n.min(3) as u8;
+                    None
+                }
+            },
+            "read_tmo_ms" => {
+                if let Some(n) = num {
+                    self.read_tmo = Duration::from_millis(n.clamp(1, 3000));
+                }
+                None
+            }
+            "read" => {
+                self.stats.reads.fetch_add(1, Ordering::Relaxed);
+                self.read(out).await?;
+                None
+            }
+            "clr" => {
+                self.stats.clears.fetch_add(1, Ordering::Relaxed);
+                self.pending.remove(&self.addr);
+                None
+            }
+            "mode" | "eoi" | "eot_enable" | "eot_char" | "savecfg" | "ifc" | "loc" | "llo"
+            | "trg" | "rst" => None,
+            "spoll" => Some("0".into()),
+            _ => Some("Unrecognized command".into()),
+        };
+        if let Some(r) = reply {
+            out.write_all(r.as_bytes()).await?;
+            out.write_all(b"\r\n").await?;
+            out.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// One GPIB message to the addressed instrument.
+    async fn data<S: AsyncWrite + Unpin>(
+        &mut self,
+        mut msg: Vec<u8>,
+        out: &mut S,
+    ) -> io::Result<()> {
+        match self.eos {
+            0 => msg.extend_from_slice(b"\r\n"),
+            1 => msg.push(b'\r'),
+            2 => msg.push(b'\n'),
+            _ => {}
+        }
+        let Some(dev) = self.bus.get_mut(&self.addr) else {
+            // No listener: the bytes go nowhere.
+            return Ok(());
+        };
+        self.stats.messages.fetch_add(1, Ordering::Relaxed);
+        let text = String::from_utf8_lossy(&msg).into_owned();
+        // EOI ends the message; a terminator inside it separates program messages too.
+        let mut replies = Vec::new();
+        for unit in text.split(['\n', '\r']).filter(|s| !s.trim().is_empty()) {
+            for command in split_commands(unit) {
+                if let Some(at) = dev.hold_until(command) {
+                    tokio::time::sleep_until(at).await;
+                }
+                if let Some(r) = dev.handle(command) {
+                    replies.push(r);
+                }
+            }
+        }
+        if !replies.is_empty() {
+            let q = self.pending.entry(self.addr).or_default();
+            q.extend(replies.join(";").into_bytes());
+            q.push_back(b'\n');
+        }
+        if self.auto {
+            self.read(out).await?;
+        }
+        Ok(())
+    }
+
+    /// Relay the addressed instrument's output up to its end (the newline sent with EOI).
+    async fn read<S: AsyncWrite + Unpin>(&mut self, out: &mut S) -> io::Result<()> {
+        let q = self.pending.entry(self.addr).or_default();
+        if q.is_empty() {
+            // No talker, or nothing to say: the adapter gives up after its read timeout.
+            tokio::time::sleep(self.read_tmo).await;
+            return Ok(());
+        }
+        let end = q
+            .iter()
+            .position(|b| *b == b'\n')
+            .map_or(q.len(), |p| p + 1);
+        let bytes: Vec<u8> = q.drain(..end).collect();
+        out.write_all(&bytes).await?;
+        out.flush().await
+    }
+}
+
+/// Serve a GPIB-Ethernet adapter on `listener`; `bus` builds the instruments for a connection.
+pub async fn serve_tcp<F>(
+    listener: TcpListener,
+    bus: F,
+    stats: Arc<PrologixStats>,
+) -> io::Result<()>
+where
+    F: Fn() -> Bus + Send + Sync + 'static,
+{
+    let bus = Arc::new(bus);
+    loop {
+        let (sock, _) = listener.accept().await?;
+        let _ = sock.set_nodelay(true);
+        let (bus, stats) = (bus.clone(), stats.clone());
+        tokio::spawn(async move {
+            if let Err(e) = serve_stream(sock, bus(), VERSION_ETHERNET, stats).await {
+                tracing::debug!(message = "sim prologix connection ended", error = %e);
+            }
+        });
+    }
+}
+
+/// Serve a GPIB-USB adapter on a new pseudo-terminal. Returns the device path a client opens
+/// and the serving task (abort it to stop).
+pub fn serve_pty<F>(bus: F, stats: Arc<PrologixStats>) -> io::Result<(PathBuf, JoinHandle<()>)>
+where
+    F: Fn() -> Bus + Send + Sync + 'static,
+{
+    let (mut master, path) = open_pty()?;
+    let task = tokio::spawn(async move {
+        // A pty has no connections: keep serving the same bus state across client sessions.
+        loop {
+            if let Err(e) = serve_stream(&mut master, bus(), VERSION_USB, stats.clone()).await {
+                tracing::debug!(message = "sim prologix pty error", error = %e);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    Ok((path, task))
+}
