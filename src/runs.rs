@@ -225,10 +225,23 @@ fn check_field(what: &str, v: &str, required: bool) -> Result<(), StartError> {
 impl RunManager {
     /// A manager filing runs in `store` (`None`: every start is refused).
     pub fn new(store: Option<Store>) -> RunManager {
+        // Instrument locks live next to the store (`<data>/locks`), so a `labgate run` on the
+        // same data directory and the daemon refuse each other.
+        let locks = store
+            .as_ref()
+            .and_then(|s| s.path().parent())
+            .map(|data| {
+                let dir = recipe::locks::Locks::dir_in(data);
+                recipe::locks::Locks::in_dir(&dir).unwrap_or_else(|e| {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot create the lock directory; instrument ownership holds within the daemon only");
+                    recipe::locks::Locks::new()
+                })
+            })
+            .unwrap_or_default();
         RunManager {
             inner: Arc::new(Inner {
                 store,
-                locks: recipe::locks::Locks::new(),
+                locks,
                 shutdown: CancellationToken::new(),
                 accepting: AtomicBool::new(true),
                 next_ticket: AtomicU64::new(1),
