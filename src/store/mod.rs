@@ -404,10 +404,8 @@ impl Store {
                                 deadline.saturating_duration_since(std::time::Instant::now());
                             match rx.recv_timeout(left) {
                                 Ok(j) => j,
-                                Err(mpsc::RecvTimeoutError::Timeout) => {
-                                    state.sync_wal();
-                                    continue;
-                                }
+                                // Whatever is due is done at the top of the loop.
+                                Err(mpsc::RecvTimeoutError::Timeout) => continue,
                                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
                             }
                         }
