@@ -622,6 +622,37 @@ impl Store {
         .await
     }
 
+    /// Whether `m` can be stored faithfully (a finite value or an invalid marker, a name, finite
+    /// limits): the check every measurement write makes, for a caller that stores later.
+    pub fn check_measurement(m: &NewMeasurement) -> Result<(), StoreError> {
+        db::validate_measurement(m)
+    }
+
+    /// Ends a step and stores its measurements with it, in one transaction (all or none): a
+    /// step's results durable at its boundary, for one commit instead of one per measurement
+    /// plus one for the end. Syncs like [`Store::finish_step`].
+    pub async fn finish_step_with(
+        &self,
+        step: StepId,
+        status: StepStatus,
+        message: Option<&str>,
+        measurements: Vec<NewMeasurement>,
+    ) -> Result<Vec<MeasurementId>, StoreError> {
+        for m in &measurements {
+            db::validate_measurement(m)?;
+        }
+        let message = message.map(str::to_string);
+        self.write(WriteKind::StepEnd, move |c| {
+            let ids = measurements
+                .iter()
+                .map(|m| db::add_measurement(c, m))
+                .collect::<Result<Vec<_>, _>>()?;
+            db::finish_step(c, step, status, message.as_deref(), db::now_us())?;
+            Ok(ids)
+        })
+        .await
+    }
+
     /// Stores one measurement; committed (durable against a process crash) when this returns.
     pub async fn add_measurement(&self, m: NewMeasurement) -> Result<MeasurementId, StoreError> {
         db::validate_measurement(&m)?;
