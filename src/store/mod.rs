@@ -904,6 +904,45 @@ mod tests {
         assert_eq!(kinds, ["before-failure"]);
     }
 
+    #[tokio::test]
+    async fn a_step_end_files_its_measurements_all_or_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(path_in(dir.path())).unwrap();
+        let run = store.create_run(new_run()).await.unwrap();
+        let step = store.start_step(run, 0, "m", "measure").await.unwrap();
+        let m = |name: &str| NewMeasurement {
+            step_id: step,
+            name: name.into(),
+            value: Some(1.5),
+            invalid: None,
+            unit: "W".into(),
+            limits: Limits::default(),
+            verdict: None,
+            taken_at: std::time::SystemTime::now(),
+            raw: None,
+        };
+        let ids = store
+            .finish_step_with(step, StepStatus::Pass, None, vec![m("a"), m("b")])
+            .await
+            .unwrap();
+        assert_eq!(ids.len(), 2);
+        // The step is finished now: a second end fails and files nothing.
+        let err = store
+            .finish_step_with(step, StepStatus::Pass, None, vec![m("c")])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::StepFinished { .. }), "{err}");
+        let d = store.get_run(run).await.unwrap().unwrap();
+        let names: Vec<&str> = d.measurements.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert!(d.steps[0].ended_at.is_some());
+        let nan = NewMeasurement {
+            value: Some(f64::NAN),
+            ..m("nan")
+        };
+        assert!(Store::check_measurement(&nan).is_err());
+    }
+
     /// Step ends in quick succession share syncs; every one is committed and readable at once,
     /// and the store closes (final sync) without losing any.
     #[tokio::test]
