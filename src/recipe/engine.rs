@@ -425,6 +425,9 @@ impl Exec {
             }
             attempt += 1;
             self.errored = errored_before;
+            // What the failed try measured is filed now, not after the retry delay: a crash
+            // while waiting must not lose it.
+            self.file_measured(step_id).await;
             self.event(
                 "retry",
                 json!({"index": index, "name": name, "try": attempt + 1, "error": msg}),
@@ -757,6 +760,22 @@ impl Exec {
             }
         }
         Ok(outcome)
+    }
+
+    /// File the measurements `step_id` has taken so far (they are otherwise filed with the
+    /// step's end); a store failure makes the run's verdict error, as at the step's end.
+    async fn file_measured(&mut self, step_id: StepId) {
+        let (mine, others): (Vec<_>, Vec<_>) = std::mem::take(&mut self.measured)
+            .into_iter()
+            .partition(|m| m.step_id == step_id);
+        self.measured = others;
+        if mine.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.add_measurements(mine).await {
+            self.errored = true;
+            tracing::error!(error = %e, "cannot store measurements");
+        }
     }
 
     /// Judge one value and keep it to be filed with its step's end; `Fail` when its verdict is
