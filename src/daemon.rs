@@ -268,8 +268,12 @@ async fn serve(opts: ServeOptions) -> Result<(), DaemonError> {
     for t in [watchdog, upkeep].into_iter().flatten() {
         t.abort();
     }
-    // Every write returned after its commit; dropping the last handles ends the store's writer
-    // thread, which finishes its queue first.
+    // Events queued without waiting and a step end's shared sync may still be pending.
+    if let Some(store) = state.store()
+        && let Err(e) = store.flush().await
+    {
+        tracing::error!(message = "cannot flush the results store", error = %e);
+    }
     drop(state);
     tracing::info!(message = "stopped");
     Ok(())

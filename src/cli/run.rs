@@ -137,6 +137,11 @@ pub async fn run(bench: Bench, args: RunArgs) -> ExitCode {
     let result = recipe::run_with(&spec, &gw.instruments, &store, hooks).await;
     let _ = printer.await;
     drop(guard);
+    // The process exits right after: what the run queued must be on disk first.
+    if let Err(e) = store.flush().await {
+        eprintln!("error: cannot flush the results store: {e}");
+        return ExitCode::from(EXIT_ERROR);
+    }
     match result {
         Ok(o) => {
             println!(

@@ -484,6 +484,13 @@ impl Store {
         }
     }
 
+    /// Writes every queued event and syncs the WAL; returns once all earlier writes are
+    /// durable. Call it before the process exits: the writer thread would finish its queue when
+    /// the last handle drops, but nothing waits for that thread.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.write(WriteKind::TxnSynced, |_| Ok(())).await
+    }
+
     /// Runs `f` in one transaction on the writer thread; returns after the commit.
     async fn write<T, F>(&self, kind: WriteKind, f: F) -> Result<T, StoreError>
     where
@@ -864,6 +871,32 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(seen, run);
+    }
+
+    /// What a process does just before it exits: queue, flush, and the events are in the file
+    /// when a second connection (the next process) opens it.
+    #[tokio::test]
+    async fn flush_writes_queued_events_before_it_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path_in(dir.path());
+        let store = Store::open(&path).unwrap();
+        let run = store.create_run(new_run()).await.unwrap();
+        for i in 0..20 {
+            store
+                .queue_event(run, "tick", serde_json::json!({ "i": i }))
+                .unwrap();
+        }
+        store.flush().await.unwrap();
+        let other = Connection::open(&path).unwrap();
+        let n: i64 = other
+            .query_row(
+                "SELECT count(*) FROM events WHERE run_id = ?1 AND kind = 'tick'",
+                [run.0],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 20);
+        drop(store);
     }
 
     #[tokio::test]
