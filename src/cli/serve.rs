@@ -42,7 +42,10 @@ pub fn init_logging(args: &ServeArgs, filter: &str) {
     let _ = match (args.log_format, journald) {
         (LogFormat::Json, _) => builder.json().flatten_event(true).try_init(),
         (LogFormat::Text, true) => builder.without_time().with_ansi(false).try_init(),
-        (LogFormat::Text, false) => builder.try_init(),
+        // Colours only for a person at a terminal, not in a file or a pipe.
+        (LogFormat::Text, false) => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
     };
 }
 
