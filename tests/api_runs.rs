@@ -565,3 +565,61 @@ async fn shutdown_refuses_new_runs_and_aborts_running_ones() {
     .await;
     r.problem(503);
 }
+
+/// The poll's latest `power` reading of pa1, as (time, value), from the instrument detail.
+async fn polled_power(addr: std::net::SocketAddr) -> Option<(String, f64)> {
+    let d = get(addr, "/api/v1/instruments/pa1").await.json();
+    let r = d["readings"]
+        .as_array()?
+        .iter()
+        .find(|r| r["quantity"] == "power")?;
+    Some((r["at"].as_str()?.to_string(), r["value"].as_f64()?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_polls_keep_going_while_a_run_holds_the_instrument() {
+    let s = serve_runs().await;
+    let id = start_run(
+        s.addr,
+        r#"{"recipe":"slow","station":"demo","dut":"SN-POLL"}"#,
+    )
+    .await;
+    // The run switched the lamp on and now soaks for two minutes, holding pa1.
+    eventually("the lamp on", || async {
+        s.sim.plant.output_on().then_some(())
+    })
+    .await;
+    let (first_at, _) = eventually("a polled reading", || polled_power(s.addr)).await;
+    // The demo polls pa1 every second: two newer readings arrive while the run still holds the
+    // analyzer.
+    let mut seen = vec![first_at];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut watts = 0.0;
+    while seen.len() < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "polls stopped during the run: {seen:?}"
+        );
+        if let Some((at, w)) = polled_power(s.addr).await
+            && seen.last() != Some(&at)
+        {
+            seen.push(at);
+            watts = w;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        watts.is_finite(),
+        "a number, not an invalid marker: {watts}"
+    );
+    let d = get(s.addr, &format!("/api/v1/runs/{id}")).await.json();
+    assert_eq!(
+        d["active"], true,
+        "the run still holds the instruments: {d}"
+    );
+
+    let r = post_json(s.addr, &format!("/api/v1/runs/{id}/abort"), "").await;
+    assert_eq!(r.status, 202);
+    let d = finished(s.addr, id).await;
+    assert_eq!(d["run"]["verdict"], "aborted");
+}
