@@ -219,6 +219,20 @@ impl Source {
         Err(diags)
     }
 
+    /// Report every top-level section of `doc` that is not one of `known`, with a suggestion.
+    pub fn unknown_sections(&self, doc: &Doc<'_>, known: &[&str], diags: &mut Diagnostics) {
+        for (k, _) in doc.get_ref().iter() {
+            let name = k.get_ref();
+            if !known.contains(&name.as_ref()) {
+                diags.push(self.error(
+                    k.span(),
+                    name,
+                    format!("unknown section `{name}`{}", suggest_or_list(name, known)),
+                ));
+            }
+        }
+    }
+
     /// Deserialize one entry (`value`, found at dotted `key`) into `T`; `None` (with
     /// diagnostics pushed) if anything in it is wrong.
     ///

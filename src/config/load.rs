@@ -298,19 +298,7 @@ fn check_bench(
     let doc = source.parse_toml()?;
     let mut diags = Diagnostics::new();
     let root = doc.get_ref();
-    for (k, _) in root.iter() {
-        if !TOP_KEYS.contains(&k.get_ref().as_ref()) {
-            diags.push(source.error(
-                k.span(),
-                k.get_ref(),
-                format!(
-                    "unknown section `{}`{}",
-                    k.get_ref(),
-                    suggest_or_list(k.get_ref(), TOP_KEYS)
-                ),
-            ));
-        }
-    }
+    source.unknown_sections(&doc, TOP_KEYS, &mut diags);
     let paths: Paths = root
         .get("paths")
         .and_then(|v| source.decode("paths", v, &mut diags))

@@ -149,19 +149,7 @@ fn parse_with_name_span(source: &Source) -> Result<(Driver, Range<usize>), Diagn
     let doc = source.parse_toml()?;
     let mut diags = Diagnostics::new();
     let root = doc.get_ref();
-    for (k, _) in root.iter() {
-        if !TOP_KEYS.contains(&k.get_ref().as_ref()) {
-            diags.push(source.error(
-                k.span(),
-                k.get_ref(),
-                format!(
-                    "unknown section `{}`{}",
-                    k.get_ref(),
-                    suggest_or_list(k.get_ref(), TOP_KEYS)
-                ),
-            ));
-        }
-    }
+    source.unknown_sections(&doc, TOP_KEYS, &mut diags);
 
     let meta: Option<DriverMeta> = match root.get("driver") {
         Some(v) => source.decode("driver", v, &mut diags),

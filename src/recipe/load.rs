@@ -162,19 +162,7 @@ pub fn parse_partial(source: &Source) -> (Option<Recipe>, Diagnostics) {
     };
     let mut diags = Diagnostics::new();
     let root = doc.get_ref();
-    for (k, _) in root.iter() {
-        if !TOP_KEYS.contains(&k.get_ref().as_ref()) {
-            diags.push(source.error(
-                k.span(),
-                k.get_ref(),
-                format!(
-                    "unknown section `{}`{}",
-                    k.get_ref(),
-                    suggest_or_list(k.get_ref(), TOP_KEYS)
-                ),
-            ));
-        }
-    }
+    source.unknown_sections(&doc, TOP_KEYS, &mut diags);
     let (meta, meta_locs) = match root.get("recipe") {
         Some(v) => (
             source.decode::<Meta>("recipe", v, &mut diags),
