@@ -23,9 +23,11 @@ pub mod vxi11;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
@@ -86,8 +88,19 @@ pub struct LinkStatus {
     pub attempt: u32,
     /// The `*IDN?` (or identity quantity) reply seen on the current connection.
     pub identity: Option<String>,
+    /// Requests answered and failed since the link started. Live in [`LinkHandle::status`]; a
+    /// [`LinkHandle::watch`] snapshot carries them as of its last state change, because
+    /// publishing every request through the watch would wake every watcher per request.
     pub requests_ok: u64,
     pub requests_failed: u64,
+}
+
+/// Per-request counters, kept outside the status watch: they change on every request, the rest
+/// of the status only when the connection does.
+#[derive(Debug, Default)]
+struct Counters {
+    ok: AtomicU64,
+    failed: AtomicU64,
 }
 
 /// Why a request on a link did not get an answer.
@@ -203,6 +216,13 @@ impl LinkSpec {
     }
 }
 
+/// A job and the instant after which it is no longer worth serving: its caller has waited the
+/// link's queue timeout behind others, and is told the link is overloaded instead.
+struct Queued {
+    job: Job,
+    serve_by: Instant,
+}
+
 enum Job {
     Scpi {
         address: Option<u8>,
@@ -226,8 +246,9 @@ pub struct LinkHandle {
     address: Option<u8>,
     queue_timeout: Duration,
     default_timeout: Duration,
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::Sender<Queued>,
     status: watch::Receiver<LinkStatus>,
+    counters: Arc<Counters>,
 }
 
 impl std::fmt::Debug for LinkHandle {
@@ -268,7 +289,10 @@ impl LinkHandle {
     }
 
     pub fn status(&self) -> LinkStatus {
-        self.status.borrow().clone()
+        let mut s = self.status.borrow().clone();
+        s.requests_ok = self.counters.ok.load(Ordering::Relaxed);
+        s.requests_failed = self.counters.failed.load(Ordering::Relaxed);
+        s
     }
 
     /// Subscribe to status changes.
@@ -286,13 +310,6 @@ impl LinkHandle {
                 wanted: "scpi",
             });
         }
-        let budget: Duration = steps
-            .iter()
-            .map(|s| match s {
-                ScpiStep::Write(_) => self.default_timeout,
-                ScpiStep::Query { timeout, .. } => *timeout,
-            })
-            .sum();
         let (reply, rx) = oneshot::channel();
         self.submit(
             Job::Scpi {
@@ -301,7 +318,6 @@ impl LinkHandle {
                 reply,
             },
             rx,
-            budget,
         )
         .await
     }
@@ -320,7 +336,6 @@ impl LinkHandle {
                 wanted: "modbus",
             });
         }
-        let budget = timeout.unwrap_or(self.default_timeout);
         let (reply, rx) = oneshot::channel();
         self.submit(
             Job::Modbus {
@@ -330,7 +345,6 @@ impl LinkHandle {
                 reply,
             },
             rx,
-            budget,
         )
         .await
     }
@@ -339,25 +353,38 @@ impl LinkHandle {
         &self,
         job: Job,
         rx: oneshot::Receiver<Result<T, LinkError>>,
-        budget: Duration,
     ) -> Result<T, LinkError> {
         let closed = || LinkError::Closed {
             link: self.name.to_string(),
         };
-        // The link task bounds each exchange itself; this outer deadline only covers the time
-        // spent queued behind other callers, plus slack for connecting.
-        let deadline = self.queue_timeout + budget + DEFAULT_CONNECT_TIMEOUT;
-        let fut = async {
-            self.tx.send(job).await.map_err(|_| closed())?;
-            rx.await.map_err(|_| closed())?
-        };
-        match tokio::time::timeout(deadline, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(LinkError::Busy {
-                link: self.name.to_string(),
-                message: format!("request not served within {deadline:?}: link overloaded"),
-            }),
+        // No timer on the way back: the link task bounds every exchange it serves and answers a
+        // job that waited past `serve_by` with `Busy` unserved, so the reply comes within the
+        // queue timeout plus one exchange. Only a full queue is waited on here, under the same
+        // deadline. A polled link runs this per request: a timer here cost a tenth of its rate.
+        let serve_by = Instant::now() + self.queue_timeout;
+        match self.tx.try_send(Queued { job, serve_by }) {
+            Ok(()) => {}
+            Err(TrySendError::Closed(_)) => return Err(closed()),
+            Err(TrySendError::Full(queued)) => {
+                match tokio::time::timeout_at(serve_by, self.tx.send(queued)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Err(closed()),
+                    Err(_) => {
+                        return Err(overloaded(&self.name, self.queue_timeout));
+                    }
+                }
+            }
         }
+        rx.await.map_err(|_| closed())?
+    }
+}
+
+fn overloaded(link: &str, queue_timeout: Duration) -> LinkError {
+    LinkError::Busy {
+        link: link.to_string(),
+        message: format!(
+            "request waited {queue_timeout:?} behind others without being served: link overloaded"
+        ),
     }
 }
 
@@ -391,6 +418,7 @@ fn spawn_inner(spec: LinkSpec, scpi: ScpiSetup, by_address: BTreeMap<u8, ScpiSet
         requests_ok: 0,
         requests_failed: 0,
     });
+    let counters = Arc::new(Counters::default());
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
     let handle = LinkHandle {
         name: Arc::from(spec.name.as_str()),
@@ -400,6 +428,7 @@ fn spawn_inner(spec: LinkSpec, scpi: ScpiSetup, by_address: BTreeMap<u8, ScpiSet
         default_timeout: spec.timeout,
         tx,
         status: status_rx,
+        counters: counters.clone(),
     };
     let actor = Actor {
         backoff: Backoff::new(spec.backoff_initial, spec.backoff_max),
@@ -413,6 +442,7 @@ fn spawn_inner(spec: LinkSpec, scpi: ScpiSetup, by_address: BTreeMap<u8, ScpiSet
         last_frame: None,
         ever_connected: false,
         status: status_tx,
+        counters,
     };
     tokio::spawn(actor.run(rx));
     handle
@@ -432,6 +462,7 @@ struct Actor {
     last_frame: Option<Instant>,
     ever_connected: bool,
     status: watch::Sender<LinkStatus>,
+    counters: Arc<Counters>,
 }
 
 /// What went wrong in one exchange, and whether the connection must go.
@@ -441,13 +472,19 @@ struct Failure {
 }
 
 impl Actor {
-    async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Queued>) {
         loop {
             let reconnect_due = self.session.is_none();
             tokio::select! {
                 biased;
                 job = rx.recv() => match job {
-                    Some(job) => self.serve(job).await,
+                    Some(Queued { job, serve_by }) => {
+                        if Instant::now() > serve_by {
+                            self.refuse(job, overloaded(&self.spec.name, self.spec.queue_timeout));
+                        } else {
+                            self.serve(job).await;
+                        }
+                    }
                     None => break,
                 },
                 _ = tokio::time::sleep_until(self.next_attempt), if reconnect_due => {
@@ -459,7 +496,7 @@ impl Actor {
             use tokio_modbus::client::Client;
             let _ = ctx.disconnect().await;
         }
-        self.status.send_modify(|s| s.state = LinkState::Closed);
+        self.publish(|s| s.state = LinkState::Closed);
     }
 
     async fn connect(&mut self) {
@@ -479,7 +516,7 @@ impl Actor {
                 let was_connected = self.ever_connected;
                 self.ever_connected = true;
                 tracing::info!(link = %self.spec.name, endpoint = %self.endpoint, "link connected");
-                self.status.send_modify(|s| {
+                self.publish(|s| {
                     s.state = LinkState::Connected;
                     s.connected_since = Some(SystemTime::now());
                     s.attempt = 0;
@@ -505,7 +542,7 @@ impl Actor {
                 } else {
                     LinkState::Connecting
                 };
-                self.status.send_modify(|s| {
+                self.publish(|s| {
                     s.state = state;
                     s.last_error = Some(message);
                     s.attempt += 1;
@@ -601,16 +638,7 @@ impl Actor {
                 self.connect().await;
             }
             if self.session.is_none() {
-                let err = self.down_error();
-                match job {
-                    Job::Scpi { reply, .. } => {
-                        let _ = reply.send(Err(err));
-                    }
-                    Job::Modbus { reply, .. } => {
-                        let _ = reply.send(Err(err));
-                    }
-                }
-                self.count(false);
+                self.refuse(job, self.down_error());
                 return;
             }
         }
@@ -651,13 +679,34 @@ impl Actor {
         }
     }
 
-    fn count(&self, ok: bool) {
-        self.status.send_modify(|s| {
-            if ok {
-                s.requests_ok += 1
-            } else {
-                s.requests_failed += 1
+    /// Answers a job with an error without running it.
+    fn refuse(&self, job: Job, err: LinkError) {
+        match job {
+            Job::Scpi { reply, .. } => {
+                let _ = reply.send(Err(err));
             }
+            Job::Modbus { reply, .. } => {
+                let _ = reply.send(Err(err));
+            }
+        }
+        self.count(false);
+    }
+
+    fn count(&self, ok: bool) {
+        let counter = if ok {
+            &self.counters.ok
+        } else {
+            &self.counters.failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Publishes a status change, with the request counts as they stand.
+    fn publish(&self, change: impl FnOnce(&mut LinkStatus)) {
+        self.status.send_modify(|s| {
+            change(s);
+            s.requests_ok = self.counters.ok.load(Ordering::Relaxed);
+            s.requests_failed = self.counters.failed.load(Ordering::Relaxed);
         });
     }
 
@@ -678,7 +727,7 @@ impl Actor {
         self.next_attempt = Instant::now() + delay;
         tracing::warn!(link = %self.spec.name, endpoint = %self.endpoint, %error, "link dropped; reconnecting");
         let message = error.to_string();
-        self.status.send_modify(|s| {
+        self.publish(|s| {
             s.state = LinkState::Reconnecting;
             s.last_error = Some(message);
             s.connected_since = None;
