@@ -195,16 +195,22 @@ fn bytes_to_regs(be: &[u8], order: WordOrder) -> Vec<u16> {
 
 /// The inverse of [`bytes_to_regs`]: registers in `order` back to big-endian bytes.
 fn regs_to_bytes(regs: &[u16], order: WordOrder) -> Vec<u8> {
+    let mut out = vec![0u8; regs.len() * 2];
+    reorder_into(regs, order, &mut out);
+    out
+}
+
+/// Writes the registers' bytes, most significant first, in `order`, into `out` (exactly two
+/// bytes per register). Decoding a polled number runs this; it allocates nothing.
+fn reorder_into(regs: &[u16], order: WordOrder, out: &mut [u8]) {
     let swap_bytes = matches!(order, WordOrder::BADC | WordOrder::DCBA);
     let swap_words = matches!(order, WordOrder::CDAB | WordOrder::DCBA);
-    let mut words: Vec<u16> = regs
-        .iter()
-        .map(|&w| if swap_bytes { w.swap_bytes() } else { w })
-        .collect();
-    if swap_words {
-        words.reverse();
+    let n = regs.len();
+    for (i, &w) in regs.iter().enumerate() {
+        let w = if swap_bytes { w.swap_bytes() } else { w };
+        let at = 2 * if swap_words { n - 1 - i } else { i };
+        out[at..at + 2].copy_from_slice(&w.to_be_bytes());
     }
-    words.iter().flat_map(|w| w.to_be_bytes()).collect()
 }
 
 /// Decodes one value from the registers read for it. Registers beyond the type's width are
@@ -232,39 +238,56 @@ pub fn decode(
         });
     }
     let regs = &regs[..need as usize];
-    let bytes = if ty.is_wide() {
-        regs_to_bytes(regs, order)
-    } else {
-        regs_to_bytes(regs, WordOrder::ABCD)
-    };
+    if ty == ValueType::String {
+        return decode_text(regs);
+    }
+    // Every other type is at most four registers wide.
+    let mut buf = [0u8; 8];
+    let bytes = &mut buf[..regs.len() * 2];
+    reorder_into(
+        regs,
+        if ty.is_wide() { order } else { WordOrder::ABCD },
+        bytes,
+    );
+    let bytes = &*bytes;
     let number = |v: f64| Ok(Decoded::Number(v));
     match ty {
         ValueType::U16 => number(f64::from(regs[0])),
         ValueType::I16 => number(f64::from(regs[0] as i16)),
-        ValueType::U32 => number(f64::from(u32::from_be_bytes(arr(&bytes)))),
-        ValueType::I32 => number(f64::from(i32::from_be_bytes(arr(&bytes)))),
-        ValueType::F32 => number(f64::from(f32::from_be_bytes(arr(&bytes)))),
-        ValueType::U64 => number(u64::from_be_bytes(arr(&bytes)) as f64),
-        ValueType::I64 => number(i64::from_be_bytes(arr(&bytes)) as f64),
-        ValueType::F64 => number(f64::from_be_bytes(arr(&bytes))),
+        ValueType::U32 => number(f64::from(u32::from_be_bytes(arr(bytes)))),
+        ValueType::I32 => number(f64::from(i32::from_be_bytes(arr(bytes)))),
+        ValueType::F32 => number(f64::from(f32::from_be_bytes(arr(bytes)))),
+        ValueType::U64 => number(u64::from_be_bytes(arr(bytes)) as f64),
+        ValueType::I64 => number(i64::from_be_bytes(arr(bytes)) as f64),
+        ValueType::F64 => number(f64::from_be_bytes(arr(bytes))),
         ValueType::Bool => Ok(Decoded::Bool(regs[0] != 0)),
         ValueType::Bit => match bit {
             Some(b) if b < 16 => Ok(Decoded::Bool(regs[0] & (1 << b) != 0)),
             other => Err(ValueError::BadBit(other)),
         },
-        ValueType::String => {
-            if let Some((position, &byte)) = bytes.iter().enumerate().find(|(_, b)| !b.is_ascii()) {
-                return Err(ValueError::NotAscii { ty, byte, position });
-            }
-            let end = bytes
-                .iter()
-                .rposition(|&b| b != 0 && b != b' ')
-                .map_or(0, |i| i + 1);
-            // Checked ASCII above, so this cannot fail; map anyway rather than unwrap.
-            let text = String::from_utf8_lossy(&bytes[..end]).into_owned();
-            Ok(Decoded::Text(text))
-        }
+        ValueType::String => decode_text(regs),
     }
+}
+
+/// An ASCII string, two characters per register, high byte first; trailing NULs and spaces
+/// are padding.
+fn decode_text(regs: &[u16]) -> Result<Decoded, ValueError> {
+    let bytes = regs_to_bytes(regs, WordOrder::ABCD);
+    if let Some((position, &byte)) = bytes.iter().enumerate().find(|(_, b)| !b.is_ascii()) {
+        return Err(ValueError::NotAscii {
+            ty: ValueType::String,
+            byte,
+            position,
+        });
+    }
+    let end = bytes
+        .iter()
+        .rposition(|&b| b != 0 && b != b' ')
+        .map_or(0, |i| i + 1);
+    // Checked ASCII above, so this cannot fail; map anyway rather than unwrap.
+    Ok(Decoded::Text(
+        String::from_utf8_lossy(&bytes[..end]).into_owned(),
+    ))
 }
 
 fn arr<const N: usize>(bytes: &[u8]) -> [u8; N] {
