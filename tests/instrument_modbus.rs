@@ -231,3 +231,40 @@ async fn exceptions_are_named_and_keep_the_link_up() {
     let r = chamber.read(&["mode"]).await.unwrap();
     assert_eq!(number(&r[0]), 10.0);
 }
+
+/// Reads reuse the last read plan while the list is the same; a different list, or the same
+/// names in another order, must get readings for exactly what it asked, in its order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_the_quantity_list_never_reuses_a_stale_plan() {
+    let (_bench, gw, _dir) = sim_gateway(BenchFaults::default()).await;
+    let rack = gw.instrument("rack1").unwrap();
+    let link = &gw.links["plc_link"];
+    // (list, requests): the supply voltage is 100 registers from position 1, beyond the merge
+    // gap, and coils are another table; positions 1 and 2 are adjacent.
+    let lists: [(&[&str], u64); 6] = [
+        (&["position_01", "supply_voltage"], 2),
+        (&["position_01", "supply_voltage"], 2),
+        (&["supply_voltage", "position_01"], 2),
+        (&["relay_02"], 1),
+        (&["position_01", "relay_02", "supply_voltage"], 3),
+        (&["position_02", "position_01"], 1),
+    ];
+    for (names, requests) in lists {
+        let before = link.status().requests_ok;
+        let r = rack.read(names).await.unwrap();
+        let used = link.status().requests_ok - before;
+        let got: Vec<&str> = r.iter().map(|r| r.quantity.as_str()).collect();
+        assert_eq!(got, names, "readings follow the asked order");
+        for reading in &r {
+            match reading.quantity.as_str() {
+                "relay_02" => assert!(matches!(reading.value, Value::Bool(_)), "{reading:?}"),
+                "supply_voltage" => {
+                    assert_eq!(reading.unit, "V");
+                    assert!(number(reading) > 1.0, "{reading:?}");
+                }
+                _ => assert_eq!(reading.unit, "mA", "{reading:?}"),
+            }
+        }
+        assert_eq!(used, requests, "{names:?}");
+    }
+}

@@ -111,6 +111,12 @@ async fn a_block_serves_several_quantities_in_one_request() {
     // One block field alone goes through its own query.
     pa.read(&["power"]).await.unwrap();
     assert_eq!(pa_proxy.lines_sent(), before + 4);
+    // A name asked twice is read once and reported at both places.
+    let r = pa.read(&["power", "voltage", "power"]).await.unwrap();
+    let got: Vec<&str> = r.iter().map(|r| r.quantity.as_str()).collect();
+    assert_eq!(got, ["power", "voltage", "power"]);
+    assert_eq!(r[0], r[2]);
+    assert_eq!(pa_proxy.lines_sent(), before + 5, "one block query");
 
     // The logger's scan block: four channels, one line, one of them open.
     let tc = gw.instrument("tc1").unwrap();

@@ -7,14 +7,14 @@
 pub mod args;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use crate::driver::Driver;
 use crate::driver::schema::{Action, DriverFile, Parse, Protocol, Quantity, ScpiSettings, Wait};
 use crate::link::{LinkError, LinkHandle, ScpiSetup, ScpiStep};
 use crate::modbus::ops::{ModbusOp, ModbusReply};
-use crate::modbus::plan::{ReadItem, plan_reads};
+use crate::modbus::plan::{ReadBlock, ReadItem, plan_reads};
 use crate::modbus::value::{self as mv, Decoded, Table, ValueType, WordOrder};
 use crate::reading::{Reading, Value};
 use crate::scpi::parse;
@@ -98,6 +98,15 @@ pub struct Instrument {
     driver: Arc<Driver>,
     link: LinkHandle,
     unit: u8,
+    /// The last Modbus read plan. A background poll asks for the same quantities every
+    /// interval, so sorting and merging them runs once per list rather than once per read.
+    last_plan: Arc<Mutex<Option<Arc<ModbusPlan>>>>,
+}
+
+/// The requests that read a list of Modbus quantities, and the list they were planned for.
+struct ModbusPlan {
+    names: Vec<String>,
+    blocks: Vec<ReadBlock>,
 }
 
 impl std::fmt::Debug for Instrument {
@@ -136,6 +145,7 @@ impl Instrument {
             driver,
             link,
             unit: unit.unwrap_or(1),
+            last_plan: Arc::default(),
         }
     }
 
@@ -201,12 +211,20 @@ impl Instrument {
     /// Read quantities now. Each reading carries the driver's unit; instrument "no data"
     /// markers come back as [`Value::Invalid`], not as an error.
     pub async fn read(&self, names: &[&str]) -> Result<Vec<Reading>, InstrumentError> {
-        for n in names {
-            self.quantity(n)?;
+        if self.file().driver.protocol == Protocol::Scpi {
+            for n in names {
+                self.quantity(n)?;
+            }
         }
         match self.file().driver.protocol {
             Protocol::Scpi => self.read_scpi(names).await,
-            Protocol::Modbus => self.read_modbus(names).await,
+            Protocol::Modbus => {
+                let quantities = names
+                    .iter()
+                    .map(|n| self.quantity(n))
+                    .collect::<Result<Vec<_>, _>>()?;
+                self.read_modbus(names, &quantities, true).await
+            }
         }
     }
 
@@ -220,11 +238,21 @@ impl Instrument {
             }
             let q = self.quantity(name)?;
             // The block that serves the most of the still-wanted quantities in one query.
+            // Counted first and listed only for the winner: this runs on every poll.
+            let serves = |fields: &[String]| {
+                fields
+                    .iter()
+                    .filter(|f| names.contains(&f.as_str()) && !covered.contains(&f.as_str()))
+                    .count()
+            };
             let best = file
                 .blocks
                 .iter()
                 .filter(|(_, b)| b.fields.iter().any(|f| f == name))
-                .map(|(bname, b)| {
+                .map(|(bname, b)| (bname, b, serves(&b.fields)))
+                .max_by_key(|(_, _, n)| *n)
+                .filter(|(_, _, n)| q.query.is_none() || *n >= 2)
+                .map(|(bname, b, _)| {
                     let wanted: Vec<(usize, &str)> = b
                         .fields
                         .iter()
@@ -235,8 +263,7 @@ impl Instrument {
                         .map(|(i, f)| (i, f.as_str()))
                         .collect();
                     (bname.as_str(), wanted)
-                })
-                .max_by_key(|(_, w)| w.len());
+                });
             match (q.query.is_some(), best) {
                 (true, Some((b, wanted))) if wanted.len() >= 2 => {
                     covered.extend(wanted.iter().map(|(_, n)| *n));
@@ -294,7 +321,13 @@ impl Instrument {
             .await
             .map_err(|e| self.link_err(format!("read {}", names.join(", ")), e))?;
         let at = SystemTime::now();
-        let mut by_name: BTreeMap<&str, Reading> = BTreeMap::new();
+        // Each reading goes to the first place its name was asked at.
+        let mut out: Vec<Option<Reading>> = vec![None; names.len()];
+        let mut put = |name: &str, reading: Reading| {
+            if let Some(i) = names.iter().position(|n| *n == name) {
+                out[i] = Some(reading);
+            }
+        };
         for (fetch, reply) in plan.iter().zip(replies) {
             let reply = reply.unwrap_or_default();
             match fetch {
@@ -306,7 +339,7 @@ impl Instrument {
                         None => reply.as_str(),
                     };
                     let value = self.parse_scpi_value(n, q, token, settings)?;
-                    by_name.insert(n, self.reading(n, q, value, at, &reply));
+                    put(n, self.reading(n, q, value, at, &reply));
                 }
                 ScpiFetch::Block(_, wanted) => {
                     for (i, n) in wanted {
@@ -314,15 +347,21 @@ impl Instrument {
                         let token = parse::field(&reply, &settings.separator, *i)
                             .map_err(|e| self.parse_err(n, &reply, e.to_string()))?;
                         let value = self.parse_scpi_value(n, q, token, settings)?;
-                        by_name.insert(n, self.reading(n, q, value, at, token));
+                        put(n, self.reading(n, q, value, at, token));
                     }
                 }
             }
         }
-        Ok(names
-            .iter()
-            .filter_map(|n| by_name.get(n).cloned())
-            .collect())
+        // A name the caller listed twice gets a copy at its later places.
+        for i in 0..names.len() {
+            if out[i].is_none()
+                && let Some(first) = names.iter().position(|n| *n == names[i])
+                && first < i
+            {
+                out[i] = out[first].clone();
+            }
+        }
+        Ok(out.into_iter().flatten().collect())
     }
 
     fn parse_err(&self, quantity: &str, reply: &str, message: String) -> InstrumentError {
@@ -397,7 +436,22 @@ impl Instrument {
             .unwrap_or_default()
     }
 
-    async fn read_modbus(&self, names: &[&str]) -> Result<Vec<Reading>, InstrumentError> {
+    /// The requests that read `names`, from the last plan when it was made for the same list.
+    fn modbus_plan(
+        &self,
+        names: &[&str],
+        quantities: &[&Quantity],
+        remember: bool,
+    ) -> Result<Arc<ModbusPlan>, InstrumentError> {
+        // A poisoned lock only means another reader panicked mid-update; the cache is a hint,
+        // so plan afresh rather than trust or propagate it.
+        let cached = self.last_plan.lock().ok().and_then(|p| p.clone());
+        if let Some(plan) = cached
+            && plan.names.len() == names.len()
+            && plan.names.iter().zip(names).all(|(a, b)| a == b)
+        {
+            return Ok(plan);
+        }
         let base = self.modbus_base();
         let (max_gap, max_count) = self
             .file()
@@ -406,8 +460,7 @@ impl Instrument {
             .map(|m| (m.max_gap, m.max_count))
             .unwrap_or((10, 100));
         let mut items = Vec::with_capacity(names.len());
-        for (key, name) in names.iter().enumerate() {
-            let q = self.quantity(name)?;
+        for (key, (name, q)) in names.iter().zip(quantities).enumerate() {
             let (Some(table), Some(address), Some(ty)) = (q.table, q.address, q.value_type) else {
                 return Err(InstrumentError::Invalid {
                     instrument: self.id.to_string(),
@@ -421,10 +474,28 @@ impl Instrument {
                 count: ty.registers(q.length),
             });
         }
-        let blocks = plan_reads(&items, max_gap, max_count);
+        let plan = Arc::new(ModbusPlan {
+            names: names.iter().map(|n| n.to_string()).collect(),
+            blocks: plan_reads(&items, max_gap, max_count),
+        });
+        if remember && let Ok(mut slot) = self.last_plan.lock() {
+            *slot = Some(plan.clone());
+        }
+        Ok(plan)
+    }
+
+    /// `quantities[i]` is the driver's definition of `names[i]`; `remember` keeps the plan for
+    /// the next read.
+    async fn read_modbus(
+        &self,
+        names: &[&str],
+        quantities: &[&Quantity],
+        remember: bool,
+    ) -> Result<Vec<Reading>, InstrumentError> {
+        let plan = self.modbus_plan(names, quantities, remember)?;
         let at = SystemTime::now();
         let mut out: Vec<Option<Reading>> = vec![None; names.len()];
-        for block in blocks {
+        for block in &plan.blocks {
             let op = ModbusOp::Read {
                 table: block.table,
                 address: block.address,
@@ -436,7 +507,11 @@ impl Instrument {
                 // whole by many devices: read each item on its own instead.
                 Err(LinkError::Exception { code: 2, .. }) if block.items.len() > 1 => {
                     for (key, _) in &block.items {
-                        let mut one = Box::pin(self.read_modbus(&names[*key..=*key])).await?;
+                        let mut one = Box::pin(
+                            // Not remembered: the poll's own list stays the cached plan.
+                            self.read_modbus(&names[*key..=*key], &quantities[*key..=*key], false),
+                        )
+                        .await?;
                         out[*key] = one.pop();
                     }
                     continue;
@@ -444,8 +519,7 @@ impl Instrument {
                 Err(e) => return Err(self.link_err(format!("read {}", names.join(", ")), e)),
             };
             for (key, offset) in &block.items {
-                let name = names[*key];
-                let q = self.quantity(name)?;
+                let (name, q) = (names[*key], quantities[*key]);
                 let ty = q.value_type.unwrap_or(ValueType::U16);
                 let n = ty.registers(q.length) as usize;
                 let off = *offset as usize;
@@ -459,7 +533,7 @@ impl Instrument {
                                 .map_err(|e| {
                                 self.parse_err(name, &format!("{slice:?}"), e.to_string())
                             })?;
-                        (d, format!("{slice:?}"))
+                        (d, raw_words(slice))
                     }
                     ModbusReply::Bits(b) => {
                         let bit = *b.get(off).ok_or_else(|| {
@@ -808,6 +882,22 @@ impl Instrument {
     }
 }
 
+/// The registers a Modbus reading came from, as `[17664, 16384]` (what `{:?}` prints), without
+/// the formatting machinery: every polled Modbus reading records one.
+fn raw_words(words: &[u16]) -> String {
+    let mut out = String::with_capacity(2 + words.len() * 7);
+    let mut digits = itoa::Buffer::new();
+    out.push('[');
+    for (i, w) in words.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(digits.format(*w));
+    }
+    out.push(']');
+    out
+}
+
 fn scaled(value: Value, scale: Option<f64>, offset: Option<f64>) -> Value {
     match value {
         Value::Number(v) if scale.is_some() || offset.is_some() => {
@@ -817,5 +907,17 @@ fn scaled(value: Value, scale: Option<f64>, offset: Option<f64>) -> Value {
             Value::List(l.into_iter().map(|v| mv::scale(v, scale, offset)).collect())
         }
         v => v,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::raw_words;
+
+    #[test]
+    fn raw_words_reads_like_the_debug_form() {
+        for words in [&[][..], &[0], &[7, 65535], &[17664, 16384, 10, 0]] {
+            assert_eq!(raw_words(words), format!("{words:?}"));
+        }
     }
 }
