@@ -312,6 +312,21 @@ fn report_rates(
     }
 }
 
+/// Runs a scenario's client side as a task spawned on the client runtime, where labgate's
+/// pollers and API handlers run. `block_on` alone would drive it on the main thread, outside the
+/// worker pool: every hop to a link task would then cross threads (a futex wake each way) while
+/// the bare client never leaves the main thread, and the ratio would measure that placement,
+/// not labgate.
+fn on_workers<F, T>(client: &Runtime, scenario: F) -> T
+where
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    client
+        .block_on(client.spawn(scenario))
+        .expect("benchmark task failed")
+}
+
 /// A runtime for the simulators, on its own thread, so they do not share the client's workers.
 fn sim_runtime() -> Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -347,10 +362,10 @@ fn bench_modbus(client: &Runtime) {
         address: 1,
         count: 2,
     };
-    let mut results = vec![Vec::new(), Vec::new(), Vec::new()];
-    let mut latencies = vec![Vec::new(), Vec::new(), Vec::new()];
-    client.block_on(async {
+    let (results, mut latencies) = on_workers(client, async move {
         use tokio_modbus::client::Reader;
+        let mut results = vec![Vec::new(), Vec::new(), Vec::new()];
+        let mut latencies = vec![Vec::new(), Vec::new(), Vec::new()];
         let mut bare = tokio_modbus::client::tcp::connect_slave(addr, tokio_modbus::Slave(2))
             .await
             .expect("bare modbus connect");
@@ -404,6 +419,7 @@ fn bench_modbus(client: &Runtime) {
                 }
             ));
         }
+        (results, latencies)
     });
     report_rates(
         "modbus",
@@ -437,9 +453,9 @@ fn bench_scpi(client: &Runtime) {
         .query
         .clone()
         .expect("voltage query");
-    let mut results = vec![Vec::new(), Vec::new(), Vec::new()];
-    let mut latencies = vec![Vec::new(), Vec::new(), Vec::new()];
-    client.block_on(async {
+    let (results, mut latencies) = on_workers(client, async move {
+        let mut results = vec![Vec::new(), Vec::new(), Vec::new()];
+        let mut latencies = vec![Vec::new(), Vec::new(), Vec::new()];
         // The bare client prepares the instrument the way the link does (same init lines), so
         // both ask the same question of an instrument in the same state.
         let stream = tokio::net::TcpStream::connect(addr)
@@ -502,6 +518,7 @@ fn bench_scpi(client: &Runtime) {
                 }
             ));
         }
+        (results, latencies)
     });
     report_rates(
         "scpi",
