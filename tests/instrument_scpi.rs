@@ -132,6 +132,23 @@ async fn a_block_serves_several_quantities_in_one_request() {
         assert!(number(find(&r, q)) > 0.0);
     }
     assert!(find(&r, "tc_104").value.is_invalid());
+
+    // The same list again (the remembered plan), then reversed, then a subset (new plans):
+    // every reading in the order asked, one block line each.
+    let lists: [&[&str]; 4] = [
+        &["tc_101", "tc_102", "tc_103", "tc_104"],
+        &["tc_104", "tc_103", "tc_102", "tc_101"],
+        &["tc_103", "tc_101"],
+        &["tc_104", "tc_103", "tc_102", "tc_101"],
+    ];
+    for (i, list) in lists.into_iter().enumerate() {
+        let before = tc_proxy.lines_sent();
+        let r = tc.read(list).await.unwrap();
+        let got: Vec<&str> = r.iter().map(|r| r.quantity.as_str()).collect();
+        assert_eq!(got, list, "read {i}");
+        assert_eq!(tc_proxy.lines_sent(), before + 1, "read {i}");
+        assert!(find(&r, "tc_101").value.as_f64().is_some_and(|v| v > 0.0));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -98,15 +98,32 @@ pub struct Instrument {
     driver: Arc<Driver>,
     link: LinkHandle,
     unit: u8,
-    /// The last Modbus read plan. A background poll asks for the same quantities every
-    /// interval, so sorting and merging them runs once per list rather than once per read.
-    last_plan: Arc<Mutex<Option<Arc<ModbusPlan>>>>,
+    /// The last read plan. A background poll asks for the same quantities every interval, so
+    /// choosing blocks (SCPI) or sorting and merging registers (Modbus) runs once per list
+    /// rather than once per read.
+    last_plan: Arc<Mutex<Option<Arc<ReadPlan>>>>,
 }
 
-/// The requests that read a list of Modbus quantities, and the list they were planned for.
-struct ModbusPlan {
+/// The requests that read a list of quantities, and the list they were planned for.
+struct ReadPlan {
     names: Vec<String>,
-    blocks: Vec<ReadBlock>,
+    requests: PlannedRequests,
+}
+
+enum PlannedRequests {
+    Modbus(Vec<ReadBlock>),
+    /// One query step per fetch, and what each reply holds.
+    Scpi {
+        steps: Vec<ScpiStep>,
+        fetches: Vec<PlannedFetch>,
+    },
+}
+
+/// What one SCPI reply holds, by index into the plan's names.
+enum PlannedFetch {
+    Single(usize),
+    /// (field of the block reply, name index) pairs.
+    Block(Vec<(usize, usize)>),
 }
 
 impl std::fmt::Debug for Instrument {
@@ -211,11 +228,6 @@ impl Instrument {
     /// Read quantities now. Each reading carries the driver's unit; instrument "no data"
     /// markers come back as [`Value::Invalid`], not as an error.
     pub async fn read(&self, names: &[&str]) -> Result<Vec<Reading>, InstrumentError> {
-        if self.file().driver.protocol == Protocol::Scpi {
-            for n in names {
-                self.quantity(n)?;
-            }
-        }
         match self.file().driver.protocol {
             Protocol::Scpi => self.read_scpi(names).await,
             Protocol::Modbus => {
@@ -291,63 +303,84 @@ impl Instrument {
         Ok(plan)
     }
 
-    async fn read_scpi(&self, names: &[&str]) -> Result<Vec<Reading>, InstrumentError> {
+    /// The SCPI queries that read `names`, from the last plan when it was made for the same
+    /// list.
+    fn scpi_plan(&self, names: &[&str]) -> Result<Arc<ReadPlan>, InstrumentError> {
+        if let Some(plan) = self.cached_plan(names) {
+            return Ok(plan);
+        }
+        for n in names {
+            self.quantity(n)?;
+        }
         let file = self.file();
-        let settings = self.scpi_settings();
-        let default_timeout = settings.timeout.unwrap_or(self.link.timeout());
-        let plan = self.plan_scpi(names)?;
-        let steps: Vec<ScpiStep> = plan
-            .iter()
-            .map(|f| match f {
+        let default_timeout = self.scpi_settings().timeout.unwrap_or(self.link.timeout());
+        // Where a name was first asked; a name asked twice is read once.
+        let index = |name: &str| names.iter().position(|n| *n == name).unwrap_or(0);
+        let mut steps = Vec::new();
+        let mut fetches = Vec::new();
+        for fetch in self.plan_scpi(names)? {
+            match fetch {
                 ScpiFetch::Single(n) => {
-                    let q = &file.quantities[*n];
-                    ScpiStep::Query {
+                    let q = &file.quantities[n];
+                    steps.push(ScpiStep::Query {
                         text: q.query.clone().unwrap_or_default(),
                         timeout: q.timeout.unwrap_or(default_timeout),
-                    }
+                    });
+                    fetches.push(PlannedFetch::Single(index(n)));
                 }
-                ScpiFetch::Block(b, _) => {
-                    let block = &file.blocks[*b];
-                    ScpiStep::Query {
+                ScpiFetch::Block(b, wanted) => {
+                    let block = &file.blocks[b];
+                    steps.push(ScpiStep::Query {
                         text: block.query.clone(),
                         timeout: block.timeout.unwrap_or(default_timeout),
-                    }
+                    });
+                    fetches.push(PlannedFetch::Block(
+                        wanted.iter().map(|(i, n)| (*i, index(n))).collect(),
+                    ));
                 }
-            })
-            .collect();
+            }
+        }
+        Ok(self.remember(names, PlannedRequests::Scpi { steps, fetches }))
+    }
+
+    async fn read_scpi(&self, names: &[&str]) -> Result<Vec<Reading>, InstrumentError> {
+        let settings = self.scpi_settings();
+        let plan = self.scpi_plan(names)?;
+        let PlannedRequests::Scpi { steps, fetches } = &plan.requests else {
+            return Err(InstrumentError::Invalid {
+                instrument: self.id.to_string(),
+                message: "a Modbus read plan for a SCPI instrument".into(),
+            });
+        };
         let replies = self
             .link
-            .scpi(steps)
+            .scpi(steps.clone())
             .await
             .map_err(|e| self.link_err(format!("read {}", names.join(", ")), e))?;
         let at = SystemTime::now();
-        // Each reading goes to the first place its name was asked at.
         let mut out: Vec<Option<Reading>> = vec![None; names.len()];
-        let mut put = |name: &str, reading: Reading| {
-            if let Some(i) = names.iter().position(|n| *n == name) {
-                out[i] = Some(reading);
-            }
-        };
-        for (fetch, reply) in plan.iter().zip(replies) {
+        for (fetch, reply) in fetches.iter().zip(replies) {
             let reply = reply.unwrap_or_default();
             match fetch {
-                ScpiFetch::Single(n) => {
-                    let q = &file.quantities[*n];
+                PlannedFetch::Single(k) => {
+                    let n = names[*k];
+                    let q = self.quantity(n)?;
                     let token = match q.field {
                         Some(i) => parse::field(&reply, &settings.separator, i)
                             .map_err(|e| self.parse_err(n, &reply, e.to_string()))?,
                         None => reply.as_str(),
                     };
                     let value = self.parse_scpi_value(n, q, token, settings)?;
-                    put(n, self.reading(n, q, value, at, &reply));
+                    out[*k] = Some(self.reading(n, q, value, at, &reply));
                 }
-                ScpiFetch::Block(_, wanted) => {
-                    for (i, n) in wanted {
-                        let q = &file.quantities[*n];
+                PlannedFetch::Block(wanted) => {
+                    for (i, k) in wanted {
+                        let n = names[*k];
+                        let q = self.quantity(n)?;
                         let token = parse::field(&reply, &settings.separator, *i)
                             .map_err(|e| self.parse_err(n, &reply, e.to_string()))?;
                         let value = self.parse_scpi_value(n, q, token, settings)?;
-                        put(n, self.reading(n, q, value, at, token));
+                        out[*k] = Some(self.reading(n, q, value, at, token));
                     }
                 }
             }
@@ -436,20 +469,35 @@ impl Instrument {
             .unwrap_or_default()
     }
 
-    /// The requests that read `names`, from the last plan when it was made for the same list.
+    /// The last plan, when it was made for the same list of names.
+    fn cached_plan(&self, names: &[&str]) -> Option<Arc<ReadPlan>> {
+        // A poisoned lock only means another reader panicked mid-update; the cache is a hint,
+        // so plan afresh rather than trust or propagate it.
+        let plan = self.last_plan.lock().ok().and_then(|p| p.clone())?;
+        (plan.names.len() == names.len() && plan.names.iter().zip(names).all(|(a, b)| a == b))
+            .then_some(plan)
+    }
+
+    fn remember(&self, names: &[&str], requests: PlannedRequests) -> Arc<ReadPlan> {
+        let plan = Arc::new(ReadPlan {
+            names: names.iter().map(|n| n.to_string()).collect(),
+            requests,
+        });
+        if let Ok(mut slot) = self.last_plan.lock() {
+            *slot = Some(plan.clone());
+        }
+        plan
+    }
+
+    /// The Modbus requests that read `names`, from the last plan when it was made for the same
+    /// list; `remember` keeps a new plan for the next read.
     fn modbus_plan(
         &self,
         names: &[&str],
         quantities: &[&Quantity],
         remember: bool,
-    ) -> Result<Arc<ModbusPlan>, InstrumentError> {
-        // A poisoned lock only means another reader panicked mid-update; the cache is a hint,
-        // so plan afresh rather than trust or propagate it.
-        let cached = self.last_plan.lock().ok().and_then(|p| p.clone());
-        if let Some(plan) = cached
-            && plan.names.len() == names.len()
-            && plan.names.iter().zip(names).all(|(a, b)| a == b)
-        {
+    ) -> Result<Arc<ReadPlan>, InstrumentError> {
+        if let Some(plan) = self.cached_plan(names) {
             return Ok(plan);
         }
         let base = self.modbus_base();
@@ -474,14 +522,15 @@ impl Instrument {
                 count: ty.registers(q.length),
             });
         }
-        let plan = Arc::new(ModbusPlan {
-            names: names.iter().map(|n| n.to_string()).collect(),
-            blocks: plan_reads(&items, max_gap, max_count),
-        });
-        if remember && let Ok(mut slot) = self.last_plan.lock() {
-            *slot = Some(plan.clone());
-        }
-        Ok(plan)
+        let requests = PlannedRequests::Modbus(plan_reads(&items, max_gap, max_count));
+        Ok(if remember {
+            self.remember(names, requests)
+        } else {
+            Arc::new(ReadPlan {
+                names: Vec::new(),
+                requests,
+            })
+        })
     }
 
     /// `quantities[i]` is the driver's definition of `names[i]`; `remember` keeps the plan for
@@ -493,9 +542,15 @@ impl Instrument {
         remember: bool,
     ) -> Result<Vec<Reading>, InstrumentError> {
         let plan = self.modbus_plan(names, quantities, remember)?;
+        let PlannedRequests::Modbus(blocks) = &plan.requests else {
+            return Err(InstrumentError::Invalid {
+                instrument: self.id.to_string(),
+                message: "a SCPI read plan for a Modbus instrument".into(),
+            });
+        };
         let at = SystemTime::now();
         let mut out: Vec<Option<Reading>> = vec![None; names.len()];
-        for block in &plan.blocks {
+        for block in blocks {
             let op = ModbusOp::Read {
                 table: block.table,
                 address: block.address,
