@@ -382,42 +382,48 @@ fn bench_modbus(client: &Runtime) {
             "  requests per Instrument::read: {per_read} (must be 1 for a like-for-like ratio)"
         );
 
-        for _ in 0..rounds {
-            results[0].push(rate!(
-                "bare tokio-modbus",
-                window,
-                &mut latencies[0],
-                async {
-                    match bare.read_holding_registers(1, 2).await {
-                        Ok(Ok(w)) if w.len() == 2 => Ok(()),
-                        other => Err(format!("{other:?}")),
-                    }
+        for round in 0..rounds {
+            // Each round starts with a different variant, so none always runs right after
+            // the same other one.
+            for k in 0..3 {
+                match (round + k) % 3 {
+                    0 => results[0].push(rate!(
+                        "bare tokio-modbus",
+                        window,
+                        &mut latencies[0],
+                        async {
+                            match bare.read_holding_registers(1, 2).await {
+                                Ok(Ok(w)) if w.len() == 2 => Ok(()),
+                                other => Err(format!("{other:?}")),
+                            }
+                        }
+                    )),
+                    1 => results[1].push(rate!(
+                        "LinkHandle::modbus",
+                        window,
+                        &mut latencies[1],
+                        async {
+                            handle
+                                .modbus(2, op.clone(), None)
+                                .await
+                                .map(|_| ())
+                                .map_err(|e| e.to_string())
+                        }
+                    )),
+                    _ => results[2].push(rate!(
+                        "Instrument::read",
+                        window,
+                        &mut latencies[2],
+                        async {
+                            match ctrl.read(&quantities).await {
+                                Ok(r) if r.len() == 2 => Ok(()),
+                                Ok(r) => Err(format!("{} readings", r.len())),
+                                Err(e) => Err(e.to_string()),
+                            }
+                        }
+                    )),
                 }
-            ));
-            results[1].push(rate!(
-                "LinkHandle::modbus",
-                window,
-                &mut latencies[1],
-                async {
-                    handle
-                        .modbus(2, op.clone(), None)
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
-                }
-            ));
-            results[2].push(rate!(
-                "Instrument::read",
-                window,
-                &mut latencies[2],
-                async {
-                    match ctrl.read(&quantities).await {
-                        Ok(r) if r.len() == 2 => Ok(()),
-                        Ok(r) => Err(format!("{} readings", r.len())),
-                        Err(e) => Err(e.to_string()),
-                    }
-                }
-            ));
+            }
         }
         (results, latencies)
     });
@@ -481,42 +487,50 @@ fn bench_scpi(client: &Runtime) {
             timeout: handle.timeout(),
         };
 
-        for _ in 0..rounds {
-            results[0].push(rate!("bare TcpStream", window, &mut latencies[0], async {
-                wr.write_all(request.as_bytes())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                line.clear();
-                let n = rd.read_line(&mut line).await.map_err(|e| e.to_string())?;
-                if n == 0 || !line.ends_with('\n') {
-                    return Err("connection closed".to_string());
-                }
-                Ok(())
-            }));
-            results[1].push(rate!(
-                "LinkHandle::scpi",
-                window,
-                &mut latencies[1],
-                async {
-                    handle
-                        .scpi(vec![step.clone()])
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
-                }
-            ));
-            results[2].push(rate!(
-                "Instrument::read",
-                window,
-                &mut latencies[2],
-                async {
-                    match pa1.read(&["voltage"]).await {
-                        Ok(r) if r.len() == 1 => Ok(()),
-                        Ok(r) => Err(format!("{} readings", r.len())),
-                        Err(e) => Err(e.to_string()),
+        for round in 0..rounds {
+            // Each round starts with a different variant, so none always runs right after
+            // the same other one.
+            for k in 0..3 {
+                match (round + k) % 3 {
+                    0 => {
+                        results[0].push(rate!("bare TcpStream", window, &mut latencies[0], async {
+                            wr.write_all(request.as_bytes())
+                                .await
+                                .map_err(|e| e.to_string())?;
+                            line.clear();
+                            let n = rd.read_line(&mut line).await.map_err(|e| e.to_string())?;
+                            if n == 0 || !line.ends_with('\n') {
+                                return Err("connection closed".to_string());
+                            }
+                            Ok(())
+                        }))
                     }
+                    1 => results[1].push(rate!(
+                        "LinkHandle::scpi",
+                        window,
+                        &mut latencies[1],
+                        async {
+                            handle
+                                .scpi(vec![step.clone()])
+                                .await
+                                .map(|_| ())
+                                .map_err(|e| e.to_string())
+                        }
+                    )),
+                    _ => results[2].push(rate!(
+                        "Instrument::read",
+                        window,
+                        &mut latencies[2],
+                        async {
+                            match pa1.read(&["voltage"]).await {
+                                Ok(r) if r.len() == 1 => Ok(()),
+                                Ok(r) => Err(format!("{} readings", r.len())),
+                                Err(e) => Err(e.to_string()),
+                            }
+                        }
+                    )),
                 }
-            ));
+            }
         }
         (results, latencies)
     });
