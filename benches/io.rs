@@ -236,6 +236,18 @@ macro_rules! rate {
     }};
 }
 
+/// An `Instrument::read` outcome as the `rate!` loop wants it: every quantity read, or why not.
+fn all_read(
+    r: Result<Vec<labgate::reading::Reading>, labgate::instrument::InstrumentError>,
+    wanted: usize,
+) -> Result<(), String> {
+    match r {
+        Ok(r) if r.len() == wanted => Ok(()),
+        Ok(r) => Err(format!("{} of {wanted} readings", r.len())),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
@@ -414,13 +426,7 @@ fn bench_modbus(client: &Runtime) {
                         "Instrument::read",
                         window,
                         &mut latencies[2],
-                        async {
-                            match ctrl.read(&quantities).await {
-                                Ok(r) if r.len() == 2 => Ok(()),
-                                Ok(r) => Err(format!("{} readings", r.len())),
-                                Err(e) => Err(e.to_string()),
-                            }
-                        }
+                        async { all_read(ctrl.read(&quantities).await, quantities.len()) }
                     )),
                 }
             }
@@ -521,13 +527,7 @@ fn bench_scpi(client: &Runtime) {
                         "Instrument::read",
                         window,
                         &mut latencies[2],
-                        async {
-                            match pa1.read(&["voltage"]).await {
-                                Ok(r) if r.len() == 1 => Ok(()),
-                                Ok(r) => Err(format!("{} readings", r.len())),
-                                Err(e) => Err(e.to_string()),
-                            }
-                        }
+                        async { all_read(pa1.read(&["voltage"]).await, 1) }
                     )),
                 }
             }
