@@ -256,7 +256,7 @@ pub fn decode(
         ValueType::I16 => number(f64::from(regs[0] as i16)),
         ValueType::U32 => number(f64::from(u32::from_be_bytes(arr(bytes)))),
         ValueType::I32 => number(f64::from(i32::from_be_bytes(arr(bytes)))),
-        ValueType::F32 => number(f64::from(f32::from_be_bytes(arr(bytes)))),
+        ValueType::F32 => number(widen_f32(f32::from_be_bytes(arr(bytes)))),
         ValueType::U64 => number(u64::from_be_bytes(arr(bytes)) as f64),
         ValueType::I64 => number(i64::from_be_bytes(arr(bytes)) as f64),
         ValueType::F64 => number(f64::from_be_bytes(arr(bytes))),
@@ -402,21 +402,121 @@ pub fn bit_mask(bit: u8, value: bool) -> Result<(u16, u16), ValueError> {
     Ok((!m, if value { m } else { 0 }))
 }
 
-/// Engineering value from a raw one: `raw * scale + offset` (scale 1 and offset 0 when absent).
-pub fn scale(raw: f64, scale: Option<f64>, offset: Option<f64>) -> f64 {
-    raw * scale.unwrap_or(1.0) + offset.unwrap_or(0.0)
+/// A float32 register's value as the decimal the device meant: the f64 nearest the shortest
+/// decimal that reads back as the same f32. A chamber setpoint of 23.1 is stored as the f32
+/// 23.1000003814697265625; widened bit for bit it would be reported, stored and graphed as
+/// 23.100000381469727. Writing the result back as f32 gives the same bits.
+fn widen_f32(x: f32) -> f64 {
+    use std::io::Write;
+    if !x.is_finite() {
+        return f64::from(x);
+    }
+    // Display of an f32 is its shortest round-trip decimal, at most 48 characters without an
+    // exponent (f32::MAX is 39 digits); formatted on the stack, this runs on every poll.
+    let mut buf = [0u8; 64];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    if write!(cursor, "{x}").is_err() {
+        return f64::from(x);
+    }
+    let len = cursor.position() as usize;
+    std::str::from_utf8(&buf[..len])
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(f64::from(x))
 }
 
-/// Raw value to write for an engineering value: `(value - offset) / scale`.
+/// The divisor a decimal scale stands for: 10 for 0.1, 100 for 0.01, none for 2.5.
+fn decimal_divisor(scale: f64) -> Option<f64> {
+    if scale == 0.0 || !scale.is_finite() || scale.abs() >= 1.0 {
+        return None;
+    }
+    let k = (1.0 / scale).round();
+    (k.abs() <= 1e15 && (k * scale - 1.0).abs() < 1e-12).then_some(k)
+}
+
+/// Engineering value from a raw one: `raw * scale + offset` (scale 1 and offset 0 when absent).
+///
+/// A decimal scale (0.1, 0.01, ...) divides instead of multiplying: 0.1 has no exact binary
+/// form, so 2345 * 0.1 is 234.50000000000003, while 2345 / 10 is the double nearest 234.5,
+/// what the register means.
+pub fn scale(raw: f64, scale: Option<f64>, offset: Option<f64>) -> f64 {
+    let scaled = match scale {
+        None => raw,
+        Some(s) => match decimal_divisor(s) {
+            Some(k) => raw / k,
+            None => raw * s,
+        },
+    };
+    scaled + offset.unwrap_or(0.0)
+}
+
+/// Raw value to write for an engineering value: `(value - offset) / scale` (a decimal scale
+/// multiplies by its divisor, the mirror of [`scale`]).
 ///
 /// A zero scale gives a non-finite result, which [`encode`] then refuses for integer types.
 pub fn unscale(value: f64, scale: Option<f64>, offset: Option<f64>) -> f64 {
-    (value - offset.unwrap_or(0.0)) / scale.unwrap_or(1.0)
+    let v = value - offset.unwrap_or(0.0);
+    match scale {
+        None => v,
+        Some(s) => match decimal_divisor(s) {
+            Some(k) => v * k,
+            None => v / s,
+        },
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn float32_registers_read_as_the_decimal_they_hold() {
+        for x in [23.1f32, -0.3, 1e-7, 3.4028235e38, 0.0, 1.5, 16777217.0] {
+            let w = widen_f32(x);
+            assert_eq!(w as f32, x, "{x} must round-trip");
+            assert_eq!(w.to_string(), x.to_string());
+        }
+        let regs = encode(
+            &Decoded::Number(23.1),
+            ValueType::F32,
+            WordOrder::CDAB,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            decode(&regs, ValueType::F32, WordOrder::CDAB, None).unwrap(),
+            Decoded::Number(23.1)
+        );
+        assert!(widen_f32(f32::NAN).is_nan());
+        assert_eq!(widen_f32(f32::INFINITY), f64::INFINITY);
+    }
+
+    #[test]
+    fn decimal_scales_give_the_decimal_value() {
+        assert_eq!(scale(2345.0, Some(0.1), None), 234.5);
+        assert_eq!(scale(1234.0, Some(0.01), None), 12.34);
+        assert_eq!(scale(29.0, Some(0.01), None), 0.29);
+        assert_eq!(scale(-15.0, Some(0.1), Some(100.0)), 98.5);
+        assert_eq!(scale(7.0, Some(2.5), None), 17.5);
+        assert_eq!(
+            scale(3.0, Some(0.3), None),
+            3.0 * 0.3,
+            "not a decimal divisor"
+        );
+        // 0.29 * 100 is 28.999999999999996 in binary; the integer register gets 29.
+        let raw = unscale(0.29, Some(0.01), None);
+        assert_eq!(
+            encode(&Decoded::Number(raw), ValueType::U16, WordOrder::ABCD, None).unwrap(),
+            [29]
+        );
+        assert_eq!(unscale(234.5, Some(0.1), None), 2345.0);
+        assert_eq!(unscale(17.5, Some(2.5), None), 7.0);
+        assert!(!unscale(1.0, Some(0.0), None).is_finite());
+        for raw in 0..2000 {
+            let raw = f64::from(raw);
+            assert_eq!(unscale(scale(raw, Some(0.1), None), Some(0.1), None), raw);
+        }
+    }
 
     #[test]
     fn orders_of_a_32_bit_value() {
