@@ -196,7 +196,7 @@ fn label(v: &str) -> std::borrow::Cow<'_, str> {
     )
 }
 
-/// Render the state series (instrument up, link reconnects, latest readings).
+/// Render the state series (instrument up, link reconnects and requests, latest readings).
 pub fn render_state(gateway: &Gateway, latest: &Latest) -> String {
     let mut out = String::new();
     out.push_str("# HELP labgate_instrument_up 1 when the instrument's link is connected\n");
@@ -219,6 +219,21 @@ pub fn render_state(gateway: &Gateway, latest: &Latest) -> String {
             label(name),
             link.status().reconnects
         );
+    }
+    out.push_str(
+        "# HELP labgate_link_requests_total Requests a link answered (ok) or failed (error: \
+         timeout, I/O, device refusal, link down or overloaded)\n",
+    );
+    out.push_str("# TYPE labgate_link_requests_total counter\n");
+    for (name, link) in &gateway.links {
+        let s = link.status();
+        for (outcome, n) in [("ok", s.requests_ok), ("error", s.requests_failed)] {
+            let _ = writeln!(
+                out,
+                "labgate_link_requests_total{{link=\"{}\",outcome=\"{outcome}\"}} {n}",
+                label(name)
+            );
+        }
     }
     // Group by family so each family's samples follow its one TYPE line.
     let mut families: std::collections::BTreeMap<&'static str, String> = Default::default();

@@ -9,6 +9,7 @@ const DASHBOARD: &str = include_str!("../config/grafana/dashboards/labgate.json"
 const KNOWN: &[&str] = &[
     "labgate_instrument_up",
     "labgate_link_reconnects_total",
+    "labgate_link_requests_total",
     "labgate_requests_total",
     "labgate_request_duration_seconds_bucket",
     "labgate_power_watts",

@@ -126,6 +126,8 @@ async fn metrics_have_the_expected_series_and_parse() {
     for expect in [
         "labgate_instrument_up{instrument=\"pa1\"} 1",
         "labgate_link_reconnects_total{link=\"plc_link\"} 0",
+        "labgate_link_requests_total{link=\"plc_link\",outcome=\"error\"} 0",
+        "# TYPE labgate_link_requests_total counter",
         "labgate_voltage_volts{instrument=\"pa1\",quantity=\"voltage\"}",
         "labgate_current_amperes{instrument=\"pa1\",quantity=\"current\"}",
         "labgate_requests_total{instrument=\"src1\",outcome=\"ok\"}",
@@ -135,6 +137,12 @@ async fn metrics_have_the_expected_series_and_parse() {
     ] {
         assert!(text.contains(expect), "missing {expect:?} in:\n{text}");
     }
+    // The chamber's polls went over plc_link: its answered-request counter has moved.
+    let answered = text
+        .lines()
+        .find(|l| l.starts_with("labgate_link_requests_total{link=\"plc_link\",outcome=\"ok\"}"))
+        .and_then(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok());
+    assert!(answered.is_some_and(|n| n > 0), "{answered:?} in:\n{text}");
     // The rack's position currents are mA in the driver, amperes here (the sim's lamps draw
     // tens of mA, so a value above 1 would mean no conversion).
     for l in text
