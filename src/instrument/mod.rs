@@ -251,12 +251,8 @@ impl Instrument {
             let q = self.quantity(name)?;
             // The block that serves the most of the still-wanted quantities in one query.
             // Counted first and listed only for the winner: this runs on every poll.
-            let serves = |fields: &[String]| {
-                fields
-                    .iter()
-                    .filter(|f| names.contains(&f.as_str()) && !covered.contains(&f.as_str()))
-                    .count()
-            };
+            let still_wanted = |f: &str| names.contains(&f) && !covered.contains(&f);
+            let serves = |fields: &[String]| fields.iter().filter(|f| still_wanted(f)).count();
             let best = file
                 .blocks
                 .iter()
@@ -269,9 +265,7 @@ impl Instrument {
                         .fields
                         .iter()
                         .enumerate()
-                        .filter(|(_, f)| {
-                            names.contains(&f.as_str()) && !covered.contains(&f.as_str())
-                        })
+                        .filter(|(_, f)| still_wanted(f))
                         .map(|(i, f)| (i, f.as_str()))
                         .collect();
                     (bname.as_str(), wanted)
