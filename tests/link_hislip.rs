@@ -12,7 +12,7 @@ use labgate::sim::hislip::{self as sim, HislipSimConfig};
 use labgate::sim::plant::{Plant, PlantConfig};
 use labgate::sim::power_analyzer::{PowerAnalyzer, PowerAnalyzerConfig};
 use labgate::sim::scpi_server::ScpiDevice;
-use labgate::sim::vxi11::DeviceFactory;
+use labgate::sim::vxi11::{DeviceFactory, NamedDevice};
 use tokio::time::timeout;
 
 const BOUND: Duration = Duration::from_secs(10);
@@ -313,4 +313,42 @@ async fn sphere_measurement_waits_for_opc_over_hislip() {
         labgate::reading::Value::List(v) => assert_eq!(v.len(), 401),
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test]
+async fn named_devices_each_have_their_instrument_and_faults() {
+    let plant = Plant::new(PlantConfig::default());
+    let src = labgate::sim::ac_source::AcSource::new(plant);
+    let src: DeviceFactory = Arc::new(move || -> Box<dyn ScpiDevice> { Box::new(src.clone()) });
+    let silent = Faults {
+        silent: true,
+        ..Faults::default()
+    };
+    let devices = vec![
+        NamedDevice::new("hislip0", analyzer(), Faults::default()),
+        NamedDevice::new("HISLIP1", src.clone(), Faults::default()),
+        NamedDevice::new("hislip2", src, silent),
+    ];
+    let s = sim::start_named(HislipSimConfig::default(), devices)
+        .await
+        .unwrap();
+    let connect = |device: &str| {
+        let mut o = opts(&s);
+        o.device = device.into();
+        HislipClient::connect(o)
+    };
+    let mut c0 = connect("hislip0").await.unwrap();
+    let mut c1 = connect("hislip1").await.unwrap();
+    assert!(
+        query(&mut c0, "*IDN?")
+            .await
+            .unwrap()
+            .starts_with("YOKOGAWA")
+    );
+    assert!(query(&mut c1, "*IDN?").await.unwrap().starts_with("Chroma"));
+    let mut c2 = connect("hislip2").await.unwrap();
+    let e = query(&mut c2, "*IDN?").await.unwrap_err();
+    assert!(matches!(e, HislipError::Timeout { .. }), "{e}");
+    let e = connect("hislip3").await.unwrap_err();
+    assert!(e.to_string().contains("hislip3"), "{e}");
 }

@@ -375,3 +375,60 @@ async fn sphere_measurement_waits_for_opc_over_vxi11() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn named_devices_each_have_their_instrument_and_faults() {
+    let plant = Plant::new(PlantConfig::default());
+    let pa = PowerAnalyzer::new(plant.clone(), PowerAnalyzerConfig::default());
+    let src = labgate::sim::ac_source::AcSource::new(plant);
+    let src: DeviceFactory = Arc::new(move || -> Box<dyn ScpiDevice> { Box::new(src.clone()) });
+    let silent = Faults {
+        silent: true,
+        ..Faults::default()
+    };
+    let dropping = Faults {
+        drop_after: Some(2),
+        ..Faults::default()
+    };
+    let devices = vec![
+        sim::NamedDevice::new("inst0", analyzer_of(pa), dropping),
+        sim::NamedDevice::new("INST1", src.clone(), Faults::default()),
+        sim::NamedDevice::new("inst2", src.clone(), silent),
+    ];
+    let s = sim::start_named(Vxi11SimConfig::default(), devices)
+        .await
+        .unwrap();
+    let connect = |device: &str| {
+        let mut o = opts(&s);
+        o.device = device.into();
+        Vxi11Client::connect(o)
+    };
+    // Names match case-insensitively; each reaches its own instrument.
+    let mut c1 = connect("inst1").await.unwrap();
+    assert!(query(&mut c1, "*IDN?").await.starts_with("Chroma"));
+    let mut c0 = connect("inst0").await.unwrap();
+    assert!(query(&mut c0, "*IDN?").await.starts_with("YOKOGAWA"));
+    // inst0's drop_after counts its own messages: the second closes its connection...
+    c0.write(b"*CLS\n").await.unwrap();
+    let e = timeout(BOUND, c0.read()).await.unwrap().unwrap_err();
+    assert!(e.needs_reconnect(), "{e}");
+    // ...while inst1's link goes on, and inst2 is silent (error 15).
+    assert!(query(&mut c1, "*IDN?").await.starts_with("Chroma"));
+    let mut c2 = connect("inst2").await.unwrap();
+    c2.write(b"*IDN?\n").await.unwrap();
+    let e = timeout(BOUND, c2.read()).await.unwrap().unwrap_err();
+    assert_eq!(e.device_code(), Some(15), "{e}");
+
+    let twice = vec![
+        sim::NamedDevice::new("inst0", src.clone(), Faults::default()),
+        sim::NamedDevice::new("Inst0", src, Faults::default()),
+    ];
+    let e = sim::start_named(Vxi11SimConfig::default(), twice)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("\"Inst0\" given twice"), "{e}");
+}
+
+fn analyzer_of(pa: PowerAnalyzer) -> DeviceFactory {
+    Arc::new(move || -> Box<dyn ScpiDevice> { Box::new(pa.clone()) })
+}

@@ -1,8 +1,9 @@
 //! The simulated SCPI bench: power analyzer, AC source, sphere and logger around one shared
-//! [`Plant`], each served on a loopback TCP port (and optionally on its own pseudo-terminal).
+//! [`Plant`], each served on a loopback TCP port (and optionally on its own pseudo-terminal,
+//! behind a simulated Prologix adapter, as VXI-11 devices and as HiSLIP sub-addresses).
 //!
-//! Every connection to one instrument (TCP or pty) shares that instrument's state, exactly as
-//! several clients of a real LAN instrument would.
+//! Every connection to one instrument (TCP, pty, GPIB, VXI-11 or HiSLIP) shares that
+//! instrument's state, exactly as several clients of a real LAN instrument would.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -17,6 +18,7 @@ use tokio_serial::SerialStream;
 
 use super::ac_source::AcSource;
 use super::fault::Faults;
+use super::hislip::{self, HislipSim, HislipSimConfig};
 use super::logger::{Logger, LoggerConfig};
 use super::modbus::{ModbusBench, RtuPty, serve_rtu_pty};
 use super::plant::{Plant, PlantConfig};
@@ -25,6 +27,7 @@ use super::prologix::{Bus, PrologixStats};
 use super::pty::open_pty;
 use super::scpi_server::{ScpiDevice, serve_stream, serve_tcp};
 use super::sphere::{Sphere, SphereConfig};
+use super::vxi11::{self, DeviceFactory, NamedDevice, Vxi11Sim, Vxi11SimConfig};
 
 /// Faults per instrument.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -50,6 +53,14 @@ pub struct SimBenchConfig {
     /// Serve a simulated Prologix GPIB-Ethernet adapter on this port, with the four SCPI
     /// instruments on its bus at [`GPIB_ADDRESSES`] (0 picks an ephemeral port; `None`: none).
     pub prologix_port: Option<u16>,
+    /// Serve the four SCPI instruments as VXI-11 devices [`VXI11_DEVICES`], with the
+    /// portmapper on this port (0 picks an ephemeral port; `None`: no VXI-11).
+    pub vxi11_port: Option<u16>,
+    /// The VXI-11 core channel's port, which clients learn from the portmapper (0: ephemeral).
+    pub vxi11_core_port: u16,
+    /// Serve the four SCPI instruments as HiSLIP sub-addresses [`HISLIP_DEVICES`] on this port
+    /// (0 picks an ephemeral port; `None`: no HiSLIP).
+    pub hislip_port: Option<u16>,
     /// Pace the Modbus RTU pseudo-terminal to this baud rate's wire time.
     pub rtu_pace_baud: Option<u32>,
     pub plant: PlantConfig,
@@ -71,6 +82,9 @@ impl Default for SimBenchConfig {
             logger_port: 15028,
             modbus_port: 15502,
             prologix_port: None,
+            vxi11_port: None,
+            vxi11_core_port: 0,
+            hislip_port: None,
             rtu_pace_baud: None,
             plant: PlantConfig::default(),
             faults: BenchFaults::default(),
@@ -100,6 +114,19 @@ impl SimBenchConfig {
 /// power analyzer, AC source, sphere, logger.
 pub const GPIB_ADDRESSES: [u8; 4] = [5, 6, 7, 9];
 
+/// VXI-11 device names of the power analyzer, AC source, sphere and logger.
+pub const VXI11_DEVICES: [&str; 4] = ["inst0", "inst1", "inst2", "inst3"];
+
+/// HiSLIP sub-addresses of the power analyzer, AC source, sphere and logger.
+pub const HISLIP_DEVICES: [&str; 4] = ["hislip0", "hislip1", "hislip2", "hislip3"];
+
+/// Where the bench's VXI-11 server listens. Clients ask the portmapper for the core port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vxi11Endpoint {
+    pub portmap: SocketAddr,
+    pub core: SocketAddr,
+}
+
 /// Device paths of the pseudo-terminals, when the bench serves them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BenchPtys {
@@ -127,6 +154,10 @@ pub struct SimBench {
     pub prologix: Option<SocketAddr>,
     /// What the adapter saw (address switches, reads); tests inspect it.
     pub prologix_stats: Arc<PrologixStats>,
+    /// The VXI-11 server, when configured.
+    pub vxi11: Option<Vxi11Endpoint>,
+    /// The HiSLIP server, when configured.
+    pub hislip: Option<SocketAddr>,
     pub ptys: Option<BenchPtys>,
     /// The simulated Modbus devices; tests inspect their state.
     pub modbus_devices: Arc<ModbusBench>,
@@ -134,6 +165,8 @@ pub struct SimBench {
     /// The shared physics; tests inspect it (`plant.output_on()`).
     pub plant: Plant,
     tasks: Vec<JoinHandle<()>>,
+    vxi11_sim: Option<Vxi11Sim>,
+    hislip_sim: Option<HislipSim>,
 }
 
 /// Bind every listener before spawning anything so a port clash fails the whole start cleanly.
@@ -144,6 +177,15 @@ async fn bind(host: IpAddr, port: u16, what: &str) -> io::Result<TcpListener> {
             format!("sim {what}: cannot listen on {host}:{port}: {e}"),
         )
     })
+}
+
+/// A factory handing every connection a clone of `device`, which shares its state.
+fn factory<D>(device: &D) -> DeviceFactory
+where
+    D: ScpiDevice + Clone + Sync + 'static,
+{
+    let device = device.clone();
+    Arc::new(move || -> Box<dyn ScpiDevice> { Box::new(device.clone()) })
 }
 
 /// Start the bench. Must be called inside a tokio runtime.
@@ -178,6 +220,52 @@ pub async fn start(cfg: SimBenchConfig) -> io::Result<SimBench> {
         None
     };
 
+    // The message-based servers bind and spawn in one go; if a later one fails, dropping the
+    // earlier ones stops them, so a failed start still leaves nothing running.
+    let f = &cfg.faults;
+    let named = |names: [&str; 4]| -> Vec<NamedDevice> {
+        let factories: [(DeviceFactory, &Faults); 4] = [
+            (factory(&analyzer), &f.power_analyzer),
+            (factory(&source), &f.ac_source),
+            (factory(&sphere), &f.sphere),
+            (factory(&logger), &f.logger),
+        ];
+        names
+            .into_iter()
+            .zip(factories)
+            .map(|(n, (fac, faults))| NamedDevice::new(n, fac, faults.clone()))
+            .collect()
+    };
+    let vxi11_sim = match cfg.vxi11_port {
+        Some(port) => Some(
+            vxi11::start_named(
+                Vxi11SimConfig {
+                    host: cfg.host,
+                    portmap_port: port,
+                    core_port: cfg.vxi11_core_port,
+                    ..Vxi11SimConfig::default()
+                },
+                named(VXI11_DEVICES),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let hislip_sim = match cfg.hislip_port {
+        Some(port) => Some(
+            hislip::start_named(
+                HislipSimConfig {
+                    host: cfg.host,
+                    port,
+                    ..HislipSimConfig::default()
+                },
+                named(HISLIP_DEVICES),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+
     let mut bench = SimBench {
         power_analyzer: pa_l.local_addr()?,
         ac_source: ac_l.local_addr()?,
@@ -189,11 +277,18 @@ pub async fn start(cfg: SimBenchConfig) -> io::Result<SimBench> {
             None => None,
         },
         prologix_stats: Arc::new(PrologixStats::default()),
+        vxi11: vxi11_sim.as_ref().map(|v| Vxi11Endpoint {
+            portmap: v.portmap,
+            core: v.core,
+        }),
+        hislip: hislip_sim.as_ref().map(|h| h.addr),
         ptys: None,
         modbus_devices: modbus_devices.clone(),
         rtu_pty: None,
         plant,
         tasks: Vec::new(),
+        vxi11_sim,
+        hislip_sim,
     };
     let mut prologix_pty = None;
     if let Some(l) = pg_l {
@@ -224,7 +319,6 @@ pub async fn start(cfg: SimBenchConfig) -> io::Result<SimBench> {
             }
         }));
     }
-    let f = &cfg.faults;
     bench.spawn_tcp(pa_l, analyzer.clone(), f.power_analyzer.clone());
     bench.spawn_tcp(ac_l, source.clone(), f.ac_source.clone());
     bench.spawn_tcp(sp_l, sphere.clone(), f.sphere.clone());
@@ -286,9 +380,23 @@ impl SimBench {
         if let Some(p) = self.prologix {
             let [a, b, c, d] = GPIB_ADDRESSES;
             s.push_str(&format!(
-                "prologix gpib-ethernet adapter (analyzer @{a}, source @{b}, sphere @{c}, logger @{d})
-                                                    tcp   {p}
-"
+                "prologix gpib-ethernet adapter (analyzer @{a}, source @{b}, sphere @{c}, logger @{d})\n\
+                 \x20                                  tcp   {p}\n"
+            ));
+        }
+        if let Some(v) = self.vxi11 {
+            let [a, b, c, d] = VXI11_DEVICES;
+            s.push_str(&format!(
+                "vxi-11 devices (analyzer {a}, source {b}, sphere {c}, logger {d})\n\
+                 \x20                                  portmapper {}  core {}\n",
+                v.portmap, v.core
+            ));
+        }
+        if let Some(h) = self.hislip {
+            let [a, b, c, d] = HISLIP_DEVICES;
+            s.push_str(&format!(
+                "hislip sub-addresses (analyzer {a}, source {b}, sphere {c}, logger {d})\n\
+                 \x20                                  tcp   {h}\n"
             ));
         }
         if let Some(p) = &self.ptys {
@@ -326,6 +434,12 @@ impl SimBench {
     pub async fn shutdown(mut self) {
         let tasks = std::mem::take(&mut self.tasks);
         self.rtu_pty = None;
+        if let Some(v) = self.vxi11_sim.take() {
+            v.shutdown().await;
+        }
+        if let Some(h) = self.hislip_sim.take() {
+            h.shutdown().await;
+        }
         for t in &tasks {
             t.abort();
         }

@@ -1,4 +1,6 @@
-//! A simulated HiSLIP instrument server on one loopback port, fronting any [`ScpiDevice`].
+//! A simulated HiSLIP instrument server on one loopback port, fronting any [`ScpiDevice`]:
+//! one instrument under the config's sub-addresses ([`start`]), or several, each under its own
+//! sub-address with its own faults ([`start_named`]).
 //!
 //! The first message on a connection decides its role: Initialize opens a session (the
 //! synchronous channel), AsyncInitialize with that session's id attaches the asynchronous one.
@@ -22,7 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::fault::Faults;
-use super::vxi11::{DeviceFactory, MessageDevice};
+use super::vxi11::{DeviceFactory, MessageDevice, NamedDevice};
 use crate::hislip::wire::{self, Header, MsgType};
 
 /// How long the server waits for a held reply (`*OPC?` during a measurement) before giving up
@@ -38,8 +40,10 @@ pub struct HislipSimConfig {
     pub host: IpAddr,
     /// 0 picks an ephemeral port.
     pub port: u16,
-    /// Sub-addresses Initialize accepts (case-insensitive).
+    /// Sub-addresses Initialize accepts (case-insensitive), all served by [`start`]'s one
+    /// factory. [`start_named`] ignores them and takes its own.
     pub devices: Vec<String>,
+    /// Faults of the devices [`start`] serves ([`start_named`] takes each device's own).
     pub faults: Faults,
     /// Cut replies into Data messages of at most this many payload bytes (besides the
     /// client's maximum message size).
@@ -94,16 +98,33 @@ struct Sessions {
     client_max: HashMap<u16, Arc<AtomicU64>>,
 }
 
+/// Serve one instrument under `cfg.devices`. Must be called inside a tokio runtime.
 pub async fn start(cfg: HislipSimConfig, factory: DeviceFactory) -> io::Result<HislipSim> {
+    let devices = NamedDevice::same(&cfg.devices, &factory, &cfg.faults);
+    start_named(cfg, devices).await
+}
+
+/// Serve `devices`, each under its own sub-address.
+pub async fn start_named(cfg: HislipSimConfig, devices: Vec<NamedDevice>) -> io::Result<HislipSim> {
+    NamedDevice::check_unique(&devices, "hislip sim")?;
     if !cfg.host.is_loopback() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("hislip sim host {} is not a loopback address", cfg.host),
         ));
     }
-    let listener = TcpListener::bind((cfg.host, cfg.port)).await?;
+    let listener = TcpListener::bind((cfg.host, cfg.port)).await.map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "hislip sim: cannot listen on {}:{}: {e}",
+                cfg.host, cfg.port
+            ),
+        )
+    })?;
     let addr = listener.local_addr()?;
     let cfg = Arc::new(cfg);
+    let devices: Arc<[NamedDevice]> = devices.into();
     let sessions = Arc::new(Mutex::new(Sessions {
         next_id: 1,
         ..Default::default()
@@ -115,9 +136,9 @@ pub async fn start(cfg: HislipSimConfig, factory: DeviceFactory) -> io::Result<H
                 accepted = listener.accept() => match accepted {
                     Ok((s, _)) => {
                         let _ = s.set_nodelay(true);
-                        let (cfg, factory, sessions) = (cfg.clone(), factory.clone(), sessions.clone());
+                        let (cfg, devices, sessions) = (cfg.clone(), devices.clone(), sessions.clone());
                         conns.spawn(async move {
-                            if let Err(e) = serve_conn(s, cfg, factory, sessions).await {
+                            if let Err(e) = serve_conn(s, cfg, devices, sessions).await {
                                 tracing::debug!(message = "hislip sim connection ended", error = %e);
                             }
                         });
@@ -149,7 +170,7 @@ async fn fatal(s: &mut TcpStream, code: u8, text: &str) -> io::Result<()> {
 async fn serve_conn(
     mut s: TcpStream,
     cfg: Arc<HislipSimConfig>,
-    factory: DeviceFactory,
+    devices: Arc<[NamedDevice]>,
     sessions: Arc<Mutex<Sessions>>,
 ) -> io::Result<()> {
     let h = match wire::read_header(&mut s).await? {
@@ -167,10 +188,10 @@ async fn serve_conn(
     match h.kind {
         Some(MsgType::Initialize) => {
             let sub = String::from_utf8_lossy(&payload).into_owned();
-            if !cfg.devices.iter().any(|d| d.eq_ignore_ascii_case(&sub)) {
+            let Some(device) = NamedDevice::find(&devices, &sub) else {
                 fatal(&mut s, 3, &format!("no device with sub-address {sub:?}")).await?;
                 return Ok(());
-            }
+            };
             let (id, client_max) = {
                 let mut g = sessions.lock().unwrap_or_else(|p| p.into_inner());
                 let id = g.next_id;
@@ -186,7 +207,8 @@ async fn serve_conn(
                 0,
             );
             wire::write_message(&mut s, &resp, &[]).await?;
-            let result = serve_sync(&mut s, &cfg, factory(), client_max).await;
+            let device = MessageDevice::new((device.factory)(), device.faults.clone());
+            let result = serve_sync(&mut s, &cfg, device, client_max).await;
             sessions
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -278,10 +300,9 @@ async fn serve_async(s: &mut TcpStream, client_max: Arc<AtomicU64>) -> io::Resul
 async fn serve_sync(
     s: &mut TcpStream,
     cfg: &HislipSimConfig,
-    device: Box<dyn crate::sim::scpi_server::ScpiDevice>,
+    mut device: MessageDevice,
     client_max: Arc<AtomicU64>,
 ) -> io::Result<()> {
-    let mut device = MessageDevice::new(device, cfg.faults.clone());
     let mut input = Vec::new();
     let mut messages = 0u64;
     loop {
@@ -347,7 +368,7 @@ async fn serve_sync(
                             .await?;
                     }
                 }
-                if cfg.faults.drop_after.is_some_and(|n| messages >= n) {
+                if device.faults().drop_after.is_some_and(|n| messages >= n) {
                     return Ok(());
                 }
             }

@@ -2,8 +2,11 @@
 //! fronting any [`ScpiDevice`] (the built-in simulators).
 //!
 //! The portmapper answers GETPORT for the core program only, on its own port (ephemeral in
-//! tests; a real one sits on 111). Each create_link gets its own device value from the factory,
-//! which shares the instrument's state exactly as [`super::scpi_server::serve_tcp`] does.
+//! tests; a real one sits on 111). [`start`] serves one instrument under the names in the config;
+//! [`start_named`] several, each under its own name with its own faults, as a LAN/GPIB gateway
+//! or a multi-channel instrument does. Each create_link gets its own device value from the
+//! named device's factory, which shares the instrument's state exactly as
+//! [`super::scpi_server::serve_tcp`] does.
 //!
 //! [`MessageDevice`] turns whole messages into SCPI commands and replies; the HiSLIP simulator
 //! uses it too. A command that must wait ([`ScpiDevice::hold_until`], `*OPC?` during a
@@ -13,7 +16,7 @@
 //!
 //! Faults: `silent` runs nothing and answers no read (the client gets error 15, I/O timeout);
 //! `delay` holds every reply back (error 15 if longer than the I/O timeout); `garbage` replaces
-//! replies; `drop_after` closes the connection after that many messages.
+//! replies; `drop_after` closes the connection after that many messages on one link.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -33,6 +36,64 @@ use crate::vxi11::{self as proto};
 
 /// A device factory shared by every connection.
 pub type DeviceFactory = Arc<dyn Fn() -> Box<dyn ScpiDevice> + Send + Sync>;
+
+/// One instrument a server offers under a name (a VXI-11 device name, a HiSLIP sub-address),
+/// with the faults it shows. Names match case-insensitively, as instruments accept them.
+#[derive(Clone)]
+pub struct NamedDevice {
+    pub name: String,
+    pub factory: DeviceFactory,
+    pub faults: Faults,
+}
+
+impl std::fmt::Debug for NamedDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NamedDevice")
+            .field("name", &self.name)
+            .field("faults", &self.faults)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NamedDevice {
+    pub fn new(name: impl Into<String>, factory: DeviceFactory, faults: Faults) -> NamedDevice {
+        NamedDevice {
+            name: name.into(),
+            factory,
+            faults,
+        }
+    }
+
+    /// `names`, all served by `factory` with the same faults.
+    pub fn same(names: &[String], factory: &DeviceFactory, faults: &Faults) -> Vec<NamedDevice> {
+        names
+            .iter()
+            .map(|n| NamedDevice::new(n.clone(), factory.clone(), faults.clone()))
+            .collect()
+    }
+
+    /// The device `name` asks for, if any.
+    pub fn find<'a>(devices: &'a [NamedDevice], name: &str) -> Option<&'a NamedDevice> {
+        devices.iter().find(|d| d.name.eq_ignore_ascii_case(name))
+    }
+
+    /// A server's device table must name every device once: a duplicate would make one of them
+    /// unreachable without anyone noticing.
+    pub fn check_unique(devices: &[NamedDevice], what: &str) -> io::Result<()> {
+        for (i, d) in devices.iter().enumerate() {
+            if devices[..i]
+                .iter()
+                .any(|e| e.name.eq_ignore_ascii_case(&d.name))
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{what}: device name {:?} given twice", d.name),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
 
 /// One device's message handling: whole messages in, whole replies out.
 pub struct MessageDevice {
@@ -57,6 +118,10 @@ impl MessageDevice {
             replies: Vec::new(),
             output: VecDeque::new(),
         }
+    }
+
+    pub fn faults(&self) -> &Faults {
+        &self.faults
     }
 
     /// Take one complete message and run what it can without waiting.
@@ -169,12 +234,14 @@ pub struct Vxi11SimConfig {
     /// 0 picks an ephemeral port.
     pub portmap_port: u16,
     pub core_port: u16,
-    /// Device names create_link accepts (case-insensitive).
+    /// Device names create_link accepts (case-insensitive), all served by [`start`]'s one
+    /// factory. [`start_named`] ignores them and takes its own.
     pub devices: Vec<String>,
     pub max_recv_size: u32,
     /// Return at most this many bytes per device_read (reason REQCNT until the last piece), as
     /// instruments with small output buffers do.
     pub read_chunk: Option<usize>,
+    /// Faults of the devices [`start`] serves ([`start_named`] takes each device's own).
     pub faults: Faults,
 }
 
@@ -221,16 +288,24 @@ impl Vxi11Sim {
     }
 }
 
-/// Start the portmapper and the core server. Must be called inside a tokio runtime.
+/// Start the portmapper and the core server with one instrument under `cfg.devices`. Must be
+/// called inside a tokio runtime.
 pub async fn start(cfg: Vxi11SimConfig, factory: DeviceFactory) -> io::Result<Vxi11Sim> {
+    let devices = NamedDevice::same(&cfg.devices, &factory, &cfg.faults);
+    start_named(cfg, devices).await
+}
+
+/// Start the portmapper and the core server offering `devices`, each under its own name.
+pub async fn start_named(cfg: Vxi11SimConfig, devices: Vec<NamedDevice>) -> io::Result<Vxi11Sim> {
+    NamedDevice::check_unique(&devices, "vxi-11 sim")?;
     if !cfg.host.is_loopback() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("vxi-11 sim host {} is not a loopback address", cfg.host),
         ));
     }
-    let pmap = TcpListener::bind((cfg.host, cfg.portmap_port)).await?;
-    let core = TcpListener::bind((cfg.host, cfg.core_port)).await?;
+    let pmap = bind(cfg.host, cfg.portmap_port, "portmapper").await?;
+    let core = bind(cfg.host, cfg.core_port, "core channel").await?;
     let sim = Vxi11Sim {
         portmap: pmap.local_addr()?,
         core: core.local_addr()?,
@@ -242,11 +317,22 @@ pub async fn start(cfg: Vxi11SimConfig, factory: DeviceFactory) -> io::Result<Vx
         serve_portmap(s, core_port)
     })));
     let cfg = Arc::new(cfg);
+    let devices: Arc<[NamedDevice]> = devices.into();
     let next_link = Arc::new(AtomicI32::new(1));
     sim.tasks.push(tokio::spawn(accept_loop(core, move |s| {
-        serve_core(s, cfg.clone(), factory.clone(), next_link.clone())
+        serve_core(s, cfg.clone(), devices.clone(), next_link.clone())
     })));
     Ok(sim)
+}
+
+/// A port clash names the port and what it was for (`labgate sim` shows it as is).
+async fn bind(host: IpAddr, port: u16, what: &str) -> io::Result<TcpListener> {
+    TcpListener::bind((host, port)).await.map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("vxi-11 sim {what}: cannot listen on {host}:{port}: {e}"),
+        )
+    })
 }
 
 async fn accept_loop<F, Fut>(listener: TcpListener, serve: F)
@@ -328,6 +414,9 @@ struct SimLink {
     device: MessageDevice,
     /// Bytes of a message whose END has not arrived yet.
     input: Vec<u8>,
+    /// Complete messages received, for the device's `drop_after` fault.
+    messages: u64,
+    drop_after: Option<u64>,
 }
 
 /// Largest message a link buffers before END; beyond it device_write fails with error 9.
@@ -336,11 +425,10 @@ const MAX_INPUT: usize = 1024 * 1024;
 async fn serve_core(
     mut s: TcpStream,
     cfg: Arc<Vxi11SimConfig>,
-    factory: DeviceFactory,
+    devices: Arc<[NamedDevice]>,
     next_link: Arc<AtomicI32>,
 ) -> io::Result<()> {
     let mut links: HashMap<i32, SimLink> = HashMap::new();
-    let mut messages: u64 = 0;
     while let Some(record) = rpc::read_record(&mut s, rpc::MAX_RECORD).await? {
         let call = rpc::parse_call(&record).map_err(bad)?;
         let mut close_after = false;
@@ -362,13 +450,15 @@ async fn serve_core(
                         let _lock = r.bool()?;
                         let _lock_timeout = r.u32()?;
                         let name = String::from_utf8_lossy(r.opaque()?).into_owned();
-                        if cfg.devices.iter().any(|d| d.eq_ignore_ascii_case(&name)) {
+                        if let Some(d) = NamedDevice::find(&devices, &name) {
                             let id = next_link.fetch_add(1, Ordering::Relaxed);
                             links.insert(
                                 id,
                                 SimLink {
-                                    device: MessageDevice::new(factory(), cfg.faults.clone()),
+                                    device: MessageDevice::new((d.factory)(), d.faults.clone()),
                                     input: Vec::new(),
+                                    messages: 0,
+                                    drop_after: d.faults.drop_after,
                                 },
                             );
                             w.i32(0).i32(id).u32(0).u32(cfg.max_recv_size);
@@ -398,8 +488,8 @@ async fn serve_core(
                                 if flags & proto::FLAG_END != 0 {
                                     let msg = std::mem::take(&mut l.input);
                                     l.device.message(&msg).await;
-                                    messages += 1;
-                                    if cfg.faults.drop_after.is_some_and(|m| messages >= m) {
+                                    l.messages += 1;
+                                    if l.drop_after.is_some_and(|m| l.messages >= m) {
                                         close_after = true;
                                     }
                                 }

@@ -380,3 +380,34 @@ impl Drop for Switch {
         self.task.abort();
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The ready-to-copy config of docs/links.md for `labgate sim --vxi11-port --hislip-port`.
+
+/// The `config/sim-lxi.toml` block of docs/links.md, exactly as documented.
+pub fn docs_sim_lxi_snippet() -> String {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/links.md"))
+        .expect("read docs/links.md");
+    let start = doc
+        .find("```toml\n# config/sim-lxi.toml")
+        .expect("docs/links.md has the config/sim-lxi.toml block");
+    let body = &doc[start + "```toml\n".len()..];
+    let end = body.find("```").expect("the block is closed");
+    body[..end].to_string()
+}
+
+/// The documented ports of that block.
+pub const DOCS_VXI11_PORT: u16 = 11111;
+pub const DOCS_HISLIP_PORT: u16 = 4880;
+
+/// The docs/links.md block on other ports (the documented ones may be taken on a test machine):
+/// only the port values change, and each must be there as documented.
+pub fn docs_sim_lxi_config(portmap_port: u16, hislip_port: u16) -> String {
+    let text = docs_sim_lxi_snippet();
+    let vxi = format!("portmap_port = {DOCS_VXI11_PORT}");
+    let hs = format!("\nport = {DOCS_HISLIP_PORT}");
+    assert_eq!(text.matches(&vxi).count(), 2, "two vxi11 links:\n{text}");
+    assert_eq!(text.matches(&hs).count(), 2, "two hislip links:\n{text}");
+    text.replace(&vxi, &format!("portmap_port = {portmap_port}"))
+        .replace(&hs, &format!("\nport = {hislip_port}"))
+}
