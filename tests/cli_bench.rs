@@ -230,6 +230,55 @@ async fn act_measure_and_raw_scpi() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn act_with_a_position_and_an_enum_choice() {
+    let (bench, _dir, path) = bench_and_config().await;
+    let c = Some(path.as_path());
+    let relays = || -> Vec<u16> {
+        match bench.modbus_devices.device(3) {
+            Some(SimDevice::RelayRack(r)) => {
+                (1..=16).filter(|&n| r.relay(n) == Some(true)).collect()
+            }
+            other => panic!("unit 3 is {other:?}"),
+        }
+    };
+    let out = ok(&labgate(c, &["act", "rack1", "relay_on", "position=5"]).await);
+    assert_eq!(out.trim(), "ok");
+    ok(&labgate(c, &["act", "rack1", "relay_on", "position=16"]).await);
+    assert_eq!(relays(), vec![5u16, 16]);
+    let out = ok(&labgate(c, &["read", "rack1", "relay_05", "relay_06"]).await);
+    assert_eq!(out, "relay_05 = true\nrelay_06 = false\n");
+    ok(&labgate(c, &["act", "rack1", "relay_off", "position=5"]).await);
+    assert_eq!(relays(), vec![16u16]);
+
+    let o = labgate(c, &["act", "rack1", "relay_on", "position=17"]).await;
+    assert_eq!(o.status.code(), Some(1));
+    let err = failed(&o);
+    for part in ["rack1", "relay_on", "position", "out of range 1..16"] {
+        assert!(err.contains(part), "{err:?} lacks {part:?}");
+    }
+    assert_eq!(relays(), vec![16u16], "nothing was sent");
+
+    let chamber_mode = || match bench.modbus_devices.device(1) {
+        Some(SimDevice::Chamber(ch)) => ch.mode(),
+        other => panic!("unit 1 is {other:?}"),
+    };
+    ok(&labgate(c, &["act", "chamber1", "set_mode", "mode=manual"]).await);
+    assert_eq!(chamber_mode(), 54);
+    let out = ok(&labgate(c, &["read", "chamber1", "mode"]).await);
+    assert_eq!(out.trim(), "mode = 54");
+    let err = failed(&labgate(c, &["act", "chamber1", "set_mode", "mode=standby"]).await);
+    for part in [
+        "chamber1",
+        "set_mode",
+        "mode",
+        "not one of auto, manual, off",
+    ] {
+        assert!(err.contains(part), "{err:?} lacks {part:?}");
+    }
+    assert_eq!(chamber_mode(), 54, "nothing was sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn modbus_read_and_write() {
     let (bench, _dir, path) = bench_and_config().await;
     let c = Some(path.as_path());

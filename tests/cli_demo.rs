@@ -81,6 +81,31 @@ async fn newcomer_tour_sim_then_read() {
             .unwrap_or_else(|_| panic!("{args:?} printed {line:?}"));
     }
 
+    // An action whose argument picks the coil, as the README shows it.
+    for (args, expect) in [
+        (&["act", "rack1", "relay_on", "position=5"][..], "ok"),
+        (
+            &["read", "rack1", "relay_05", "relay_04"][..],
+            "relay_05 = true\nrelay_04 = false",
+        ),
+    ] {
+        let out =
+            tokio::time::timeout(BOUND, labgate().args(args).current_dir(dir.path()).output())
+                .await
+                .expect("bounded")
+                .expect("run labgate");
+        assert!(
+            out.status.success(),
+            "labgate {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            expect,
+            "{args:?}"
+        );
+    }
+
     // The replies came from this simulator, not from another process holding the demo ports.
     if let Some(status) = sim.try_wait().unwrap() {
         let out = sim.wait_with_output().await.unwrap();

@@ -451,3 +451,181 @@ d.toml:4:1: measurements.m.wait: missing key\n\
 d.toml:8:10: actions.a.args.v.type: missing key",
     );
 }
+
+const BASE1: &str = "[driver]\nname = \"m\"\nprotocol = \"modbus\"\n[modbus]\naddress_base = 1\n";
+
+fn modbus1(rest: &str) -> String {
+    format!("{BASE1}{rest}")
+}
+
+#[test]
+fn address_arg_and_enum_values_load() {
+    let d = parse_driver(&Source::new(
+        "d.toml",
+        modbus1(
+            "[actions.on]\nwrites = [{ table = \"coil\", address = 1, address_arg = \"position\", value = 1 }]\n\
+             args.position = { type = \"int\", min = 1, max = 16, default = 1 }\n\
+             [actions.loop_sp]\nwrites = [{ table = \"holding\", address = 2783, address_arg = \"loop\", address_step = 160, type = \"f32\", arg = \"c\" }]\n\
+             args.loop = { type = \"int\", min = 1, max = 4 }\nargs.c = { type = \"float\" }\n\
+             [actions.mode]\nwrites = [{ table = \"holding\", address = 2731, arg = \"mode\" }]\n\
+             args.mode = { type = \"enum\", choices = [\"auto\", \"manual\", \"off\"], values = [10, 54, 62.0], default = \"auto\" }\n\
+             [actions.edge]\nwrites = [{ table = \"holding\", address = 65534, address_arg = \"n\", address_step = 2, type = \"u32\", value = 0 }]\n\
+             args.n = { type = \"int\", min = 1, max = 1 }\n",
+        ),
+    ))
+    .expect("valid driver");
+    let w = &d.file.actions["loop_sp"].writes[0];
+    assert_eq!(w.address_for(1), Some(2783));
+    assert_eq!(w.address_for(4), Some(2783 + 3 * 160));
+    assert_eq!(
+        d.file.actions["mode"].args["mode"].values.as_deref(),
+        Some(&[10.0, 54.0, 62.0][..])
+    );
+}
+
+#[test]
+fn write_needs_an_address() {
+    check(
+        &modbus(
+            "[actions.a]\nwrites = [\n  { table = \"coil\", value = 1 },\n  { table = \"coil\", address_arg = \"p\", value = 1 },\n]\n\
+             args.p = { type = \"int\", min = 1, max = 4 }\n",
+        ),
+        "d.toml:8:3: actions.a.writes[0]: a write needs address\n\
+d.toml:9:3: actions.a.writes[1]: a write with address_arg needs address: the address written when p = 1",
+    );
+}
+
+#[test]
+fn address_arg_names_a_declared_int_argument_with_a_range() {
+    check(
+        &modbus(
+            "[actions.a]\nwrites = [\n  { table = \"coil\", address = 1, address_arg = \"positon\", value = 1 },\n\
+               { table = \"coil\", address = 1, address_arg = \"f\", value = 1 },\n\
+               { table = \"coil\", address = 1, address_arg = \"e\", value = 1 },\n\
+               { table = \"coil\", address = 1, address_arg = \"b\", value = 1 },\n\
+               { table = \"coil\", address = 1, address_arg = \"open\", value = 1 },\n\
+               { table = \"coil\", address = 1, address_arg = \"low\", value = 1 },\n]\n\
+             args.position = { type = \"int\", min = 1, max = 4 }\n\
+             args.f = { type = \"float\", min = 1, max = 4 }\n\
+             args.e = { type = \"enum\", choices = [\"a\"] }\n\
+             args.b = { type = \"bool\" }\n\
+             args.open = { type = \"int\", min = 1 }\n\
+             args.low = { type = \"int\", max = 4 }\n",
+        ),
+        "d.toml:8:48: actions.a.writes[0].address_arg: unknown argument \"positon\" (did you mean `position`?)\n\
+d.toml:9:46: actions.a.writes[1].address_arg: address_arg \"f\" must be an int argument, not float\n\
+d.toml:10:46: actions.a.writes[2].address_arg: address_arg \"e\" must be an int argument, not enum\n\
+d.toml:11:46: actions.a.writes[3].address_arg: address_arg \"b\" must be an int argument, not bool\n\
+d.toml:12:46: actions.a.writes[4].address_arg: address_arg \"open\" needs min and max: they bound the addresses this write can reach\n\
+d.toml:13:46: actions.a.writes[5].address_arg: address_arg \"low\" needs min and max: they bound the addresses this write can reach\n\
+d.toml:15:17: actions.a.args.position: argument \"position\" is not used by any command or write",
+    );
+}
+
+#[test]
+fn address_arg_range_stays_inside_the_table() {
+    // Base 1: p = 0 would be address 0, below the base. q = 16 of an f32 at step 2 from 65505
+    // ends exactly at protocol address 65535; from 65506 it would end one beyond.
+    check(
+        &modbus1(
+            "[actions.a]\nwrites = [\n  { table = \"coil\", address = 1, address_arg = \"p\", value = 1 },\n\
+               { table = \"holding\", address = 65505, address_arg = \"q\", address_step = 2, type = \"f32\", value = 1 },\n\
+               { table = \"holding\", address = 65506, address_arg = \"q\", address_step = 2, type = \"f32\", value = 1 },\n]\n\
+             args.p = { type = \"int\", min = 0, max = 16 }\n\
+             args.q = { type = \"int\", min = 1, max = 16 }\n",
+        ),
+        "d.toml:8:48: actions.a.writes[0].address_arg: at p = 0 (its min) this write's address is 0, below address_base 1\n\
+d.toml:10:53: actions.a.writes[2].address_arg: at q = 16 (its max) this write's address 65536 plus 2 registers goes beyond 65535",
+    );
+    // Huge bounds neither overflow nor pass.
+    check(
+        &modbus(
+            "[actions.a]\nwrites = [{ table = \"coil\", address = 1, address_arg = \"p\", value = 1 }]\n\
+             args.p = { type = \"int\", min = -1e300, max = 1e300 }\n",
+        ),
+        "d.toml:7:56: actions.a.writes[0].address_arg: at p = -9223372036854775808 (its min) this write's address is -9223372036854775808, below address_base 0\n\
+d.toml:7:56: actions.a.writes[0].address_arg: at p = 9223372036854775807 (its max) this write's address 9223372036854775807 plus 1 registers goes beyond 65535",
+    );
+}
+
+#[test]
+fn address_step_checks() {
+    check(
+        &modbus(
+            "[actions.a]\nwrites = [\n  { table = \"coil\", address = 1, address_step = 2, value = 1 },\n\
+               { table = \"coil\", address = 1, address_arg = \"p\", address_step = 0, value = 1 },\n\
+               { table = \"holding\", address = 1, address_arg = \"p\", type = \"f32\", value = 1 },\n\
+               { table = \"holding\", address = 1, address_arg = \"p\", address_step = 3, type = \"f64\", value = 1 },\n]\n\
+             args.p = { type = \"int\", min = 1, max = 4 }\n",
+        ),
+        "d.toml:8:49: actions.a.writes[0].address_step: address_step is only for writes with address_arg\n\
+d.toml:9:66: actions.a.writes[1].address_step: address_step must be at least 1\n\
+d.toml:10:1: actions.a.writes[2]: address_step 1 (the default) is less than the 2 registers of type \"f32\": neighbouring values of p would overlap\n\
+d.toml:11:69: actions.a.writes[3].address_step: address_step 3 is less than the 4 registers of type \"f64\": neighbouring values of p would overlap",
+    );
+}
+
+#[test]
+fn enum_values_checks() {
+    check(
+        &modbus(
+            "[actions.a]\nwrites = [\n  { table = \"holding\", address = 1, arg = \"short\" },\n\
+               { table = \"holding\", address = 2, arg = \"n\" },\n\
+               { table = \"holding\", address = 3, arg = \"bare\" },\n\
+               { table = \"holding\", address = 4, arg = \"big\" },\n\
+               { table = \"holding\", address = 5, arg = \"odd\" },\n]\n\
+             args.short = { type = \"enum\", choices = [\"a\", \"b\", \"c\"], values = [1, 2] }\n\
+             args.n = { type = \"int\", values = [1, 2] }\n\
+             args.bare = { type = \"enum\", choices = [\"a\", \"b\"] }\n\
+             args.big = { type = \"enum\", choices = [\"a\", \"b\"], values = [1, 70000] }\n\
+             args.odd = { type = \"enum\", choices = [\"a\", \"b\"], values = [1, nan] }\n",
+        ),
+        "d.toml:10:41: actions.a.writes[2].arg: enum argument \"bare\" has no values: a register write needs a number for each choice (values = [...], one per choice, in order)\n\
+d.toml:14:67: actions.a.args.short.values: 2 values for 3 choices: give one value per choice, in the same order\n\
+d.toml:15:35: actions.a.args.n.values: values are only for type \"enum\"\n\
+d.toml:17:64: actions.a.args.big.values[1]: cannot be written by writes[3]: 70000 does not fit in u16\n\
+d.toml:18:64: actions.a.args.odd.values[1]: value must be a finite number",
+    );
+}
+
+#[test]
+fn enum_choices_are_unique_ignoring_case() {
+    check(
+        &scpi(
+            "[actions.a]\ncommands = [\"M {m}\", \"N {n}\"]\n\
+             args.m = { type = \"enum\", choices = [\"auto\", \"off\", \"auto\"] }\n\
+             args.n = { type = \"enum\", choices = [\"ON\", \"on\"] }\n",
+        ),
+        "d.toml:6:53: actions.a.args.m.choices[2]: choice \"auto\" is listed twice\n\
+d.toml:7:44: actions.a.args.n.choices[1]: choice \"on\" repeats \"ON\" (choices are matched ignoring case)",
+    );
+}
+
+#[test]
+fn enum_values_are_for_modbus_drivers() {
+    check(
+        &scpi(
+            "[actions.a]\ncommands = [\"M {m}\"]\n\
+             args.m = { type = \"enum\", choices = [\"auto\", \"off\"], values = [10, 62] }\n",
+        ),
+        "d.toml:6:63: actions.a.args.m.values: values are for modbus writes; a scpi template sends the choice's text",
+    );
+}
+
+#[test]
+fn modbus_action_examples_in_the_reference_are_valid() {
+    let readme = std::fs::read_to_string("drivers/README.md").expect("drivers/README.md");
+    let blocks: Vec<&str> = readme
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .filter(|b| !b.starts_with("[driver]") && b.contains("writes = "))
+        .collect();
+    assert!(blocks.len() >= 3, "setpoint, relay and mode examples");
+    for b in blocks {
+        let text = modbus1(b);
+        if let Err(e) = parse_driver(&Source::new("README.md", &text)) {
+            panic!("{b}\n{e}");
+        }
+    }
+}

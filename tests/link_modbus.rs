@@ -92,7 +92,7 @@ async fn setpoints(gw: &Gateway) {
         .await
         .unwrap();
     gw.instruments["rack1"]
-        .act("relay_on_02", &args(&[]))
+        .act("relay_on", &args(&[("position", "2")]))
         .await
         .unwrap();
 }

@@ -2,12 +2,12 @@
 //! simulated devices: every quantity reads without an exception and with a plausible value,
 //! and the actions' writes do what their names say.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use labgate::driver::DriverFile;
-use labgate::driver::schema::{ModbusWrite, Protocol, Quantity};
+use labgate::driver::schema::{ArgType, Protocol, Quantity};
+use labgate::instrument::args::{ArgValue, register_value, resolve_args};
 use labgate::modbus::ops::{ModbusOp, ModbusReply, execute};
 use labgate::modbus::value::{Decoded, ValueType, WordOrder, decode, encode, scale, unscale};
 use labgate::sim::fault::Faults;
@@ -47,6 +47,10 @@ fn load(name: &str) -> DriverFile {
                     w.value.is_some(),
                     "{path}: {key} writes neither arg nor value"
                 ),
+            }
+            assert!(w.address.is_some(), "{path}: {key} writes no address");
+            if let Some(arg) = &w.address_arg {
+                assert!(action.args.contains_key(arg), "{path}: {key} uses {arg}");
             }
         }
     }
@@ -108,19 +112,33 @@ impl Bound {
         }
     }
 
-    async fn act(&mut self, action: &str, args: &[(&str, f64)]) {
-        let args: BTreeMap<&str, f64> = args.iter().copied().collect();
-        let writes: Vec<ModbusWrite> = self.file.actions[action].writes.clone();
-        for w in writes {
+    /// Run an action with `key=value` arguments, checked as `labgate act` checks them.
+    async fn act(&mut self, action: &str, args: &[(&str, &str)]) {
+        let def = self.file.actions[action].clone();
+        let given = args
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let resolved = resolve_args(action, &def, &given).unwrap_or_else(|e| panic!("{e}"));
+        for w in &def.writes {
             let value = match &w.arg {
-                Some(a) => args[a.as_str()],
+                Some(a) => register_value(&resolved[a], &def.args[a])
+                    .unwrap_or_else(|| panic!("{action}: {a} has no number")),
                 None => w.value.unwrap(),
             };
+            let address = match &w.address_arg {
+                Some(a) => match resolved[a] {
+                    ArgValue::Int(v) => w.address_for(v).unwrap(),
+                    ref other => panic!("{action}: address from {other}"),
+                },
+                None => i128::from(w.address.unwrap()),
+            };
+            let address = u16::try_from(address - i128::from(self.base())).unwrap();
             let ty = w.value_type.unwrap_or(ValueType::U16);
             let raw = unscale(value, w.scale, w.offset);
             let regs = encode(&Decoded::Number(raw), ty, self.order(w.order), None)
                 .unwrap_or_else(|e| panic!("{action}: {e}"));
-            let op = ModbusOp::write(w.table, w.address - self.base(), &regs).unwrap();
+            let op = ModbusOp::write(w.table, address, &regs).unwrap();
             let reply = timeout(WAIT, execute(&mut self.ctx, self.unit, &op))
                 .await
                 .unwrap_or_else(|_| panic!("{action}: {op} timed out"));
@@ -152,8 +170,29 @@ fn every_modbus_driver_file_parses() {
     let rack = load("relay-rack");
     for n in 1..=16 {
         assert_eq!(rack.quantities[&format!("position_{n:02}")].unit, "mA");
-        assert!(rack.actions.contains_key(&format!("relay_on_{n:02}")));
     }
+    // One action per switching direction, its position an argument covering the rack.
+    for name in ["relay_on", "relay_off"] {
+        let a = &rack.actions[name];
+        let position = &a.args["position"];
+        assert_eq!(position.arg_type, ArgType::Int, "{name}");
+        assert_eq!(
+            (position.min, position.max),
+            (Some(1.0), Some(16.0)),
+            "{name}"
+        );
+        assert_eq!(a.writes.len(), 1, "{name}");
+        assert_eq!(
+            a.writes[0].address_arg.as_deref(),
+            Some("position"),
+            "{name}"
+        );
+    }
+    assert!(!rack.actions.keys().any(|k| k.starts_with("relay_on_")));
+    let f4t = load("watlow-f4t");
+    let mode = &f4t.actions["set_mode"].args["mode"];
+    assert_eq!(mode.choices, ["auto", "manual", "off"]);
+    assert_eq!(mode.values.as_deref(), Some(&[10.0, 54.0, 62.0][..]));
 }
 
 #[tokio::test]
@@ -173,18 +212,23 @@ async fn driver_files_match_the_simulated_devices() {
     let t = f4t.number("temperature").await;
     assert!((t - 23.0).abs() < 0.5, "f4t temperature {t}");
     assert_eq!(f4t.number("mode").await, 10.0);
-    f4t.act("set_setpoint", &[("celsius", 60.5)]).await;
+    f4t.act("set_setpoint", &[("celsius", "60.5")]).await;
     assert_eq!(f4t.number("constant_setpoint").await, 60.5);
     assert_eq!(f4t.number("setpoint").await, 60.5);
     f4t.act("mode_off", &[]).await;
     assert_eq!(f4t.number("mode").await, 62.0);
-    f4t.act("set_mode", &[("mode", 10.0)]).await;
+    f4t.act("mode_auto", &[]).await;
     assert_eq!(f4t.number("mode").await, 10.0);
+    // Every choice's code is one the simulated controller accepts, and reads back as written.
+    for (choice, code) in [("manual", 54.0), ("off", 62.0), ("auto", 10.0)] {
+        f4t.act("set_mode", &[("mode", choice)]).await;
+        assert_eq!(f4t.number("mode").await, code, "{choice}");
+    }
 
     let mut euro = bind("eurotherm-3200", 2, addr).await;
     let t = euro.number("temperature").await;
     assert!((t - 23.0).abs() < 0.5, "eurotherm temperature {t}");
-    euro.act("set_setpoint", &[("celsius", 45.5)]).await;
+    euro.act("set_setpoint", &[("celsius", "45.5")]).await;
     assert!((euro.number("working_setpoint").await - 45.5).abs() < 1e-9);
     assert!((euro.number("target_setpoint").await - 23.0).abs() < 1e-9);
     assert_eq!(euro.number("timer_status").await, 0.0);
@@ -196,11 +240,18 @@ async fn driver_files_match_the_simulated_devices() {
         let failed = rack.flag(&format!("failed_{n:02}")).await;
         assert_eq!(failed, n == 13, "failed_{n:02}");
     }
-    rack.act("relay_on_05", &[]).await;
+    rack.act("relay_on", &[("position", "5")]).await;
     assert!(rack.flag("relay_05").await);
     assert!(!rack.flag("relay_04").await && !rack.flag("relay_06").await);
     let ma = rack.number("position_05").await;
     assert!((40.0..=50.0).contains(&ma), "position 5 draws {ma} mA");
+    // Both ends of the range reach the rack's first and last coil.
+    rack.act("relay_on", &[("position", "1")]).await;
+    rack.act("relay_on", &[("position", "16")]).await;
+    assert!(rack.flag("relay_01").await && rack.flag("relay_16").await);
+    rack.act("relay_off", &[("position", "5")]).await;
+    assert!(!rack.flag("relay_05").await);
+    assert!(rack.flag("relay_01").await, "only position 5 opened");
     rack.act("all_on", &[]).await;
     assert!(rack.flag("relay_16").await);
     assert_eq!(rack.number("position_13").await, 0.0);

@@ -268,6 +268,44 @@ duration = "1s"
     );
 }
 
+/// A rack position swept in a recipe is checked against the driver's range per value, and a
+/// mode is given by name.
+#[test]
+fn positions_and_modes_are_checked_against_the_driver() {
+    let text = r#"[recipe]
+name = "s"
+roles = ["rack", "chamber"]
+
+[[steps]]
+kind = "act"
+role = "chamber"
+action = "set_mode"
+args = { mode = "auto" }
+
+[[steps]]
+kind = "sweep"
+var = "position"
+values = [1, 16, 17]
+
+[[steps.steps]]
+kind = "act"
+role = "rack"
+action = "relay_on"
+args = { position = "position" }
+
+[[steps]]
+kind = "act"
+role = "chamber"
+action = "set_mode"
+args = { mode = 10 }
+"#;
+    assert_eq!(
+        problems(text, &[]),
+        "bad.toml:20:21: steps[1].steps[0].args.position: action \"relay_on\": argument \"position\" = 17 is out of range 1..16 (at position = 17)\n\
+bad.toml:26:17: steps[2].args.mode: action \"set_mode\": argument \"mode\": expected a string, got \"10\""
+    );
+}
+
 /// The engine waits on tokio's clock, so a recipe with hour-long waits runs in a test with a
 /// paused clock (no instruments involved: a wait and computed values only).
 #[tokio::test(start_paused = true)]

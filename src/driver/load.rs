@@ -717,43 +717,47 @@ impl Check<'_, '_> {
         for (i, w) in a.writes.iter().enumerate() {
             let idx = format!("[{i}]");
             let wp = ["actions", name, "writes", idx.as_str()];
+            let at = |k: &'static str| ["actions", name, "writes", idx.as_str(), k];
             if matches!(w.table, Table::Input | Table::DiscreteInput) {
                 self.err(
-                    &["actions", name, "writes", &idx, "table"],
+                    &at("table"),
                     format!("table \"{}\" is read-only", table_name(w.table)),
                 );
             }
+            let ty = w.value_type.unwrap_or(match w.table {
+                Table::Coil | Table::DiscreteInput => ValueType::Bool,
+                _ => ValueType::U16,
+            });
             match (&w.arg, w.value) {
                 (Some(_), Some(_)) | (None, None) => {
                     self.err(&wp, "a write needs exactly one of arg or value")
                 }
                 (Some(arg), None) => {
-                    if !a.args.contains_key(arg) {
-                        let known: Vec<&str> = a.args.keys().map(String::as_str).collect();
-                        self.err(
-                            &["actions", name, "writes", &idx, "arg"],
-                            format!("unknown argument \"{arg}\"{}", suggest_or_list(arg, &known)),
-                        );
+                    match a.args.get(arg) {
+                        None => self.unknown_arg(&at("arg"), arg, a),
+                        Some(def) => self.check_written_enum(name, i, w, ty, arg, def),
                     }
                     used.insert(arg.clone());
                 }
                 (None, Some(_)) => {}
             }
-            let ty = w.value_type.or(match w.table {
-                Table::Coil | Table::DiscreteInput => Some(ValueType::Bool),
-                _ => Some(ValueType::U16),
-            });
-            if ty == Some(ValueType::String) {
-                self.err(
-                    &["actions", name, "writes", &idx, "type"],
-                    "writing type \"string\" is not supported",
-                );
+            if let Some(arg) = &w.address_arg {
+                used.insert(arg.clone());
+            }
+            if ty == ValueType::String {
+                self.err(&at("type"), "writing type \"string\" is not supported");
             } else {
-                self.check_register(&wp, Some(w.table), Some(w.address), ty, w.bit, None, base);
+                let fixed = if w.address_arg.is_some() {
+                    None
+                } else {
+                    w.address
+                };
+                self.check_register(&wp, Some(w.table), fixed, Some(ty), w.bit, None, base);
+                self.check_write_address(name, i, w, a, ty, base);
             }
         }
         for (arg_name, arg) in &a.args {
-            self.check_arg(name, arg_name, arg);
+            self.check_arg(name, arg_name, arg, scpi_proto);
             if !used.contains(arg_name) {
                 self.err(
                     &["actions", name, "args", arg_name],
@@ -763,7 +767,221 @@ impl Check<'_, '_> {
         }
     }
 
-    fn check_arg(&mut self, action: &str, name: &str, a: &Arg) {
+    fn unknown_arg(&mut self, path: &[&str], arg: &str, a: &Action) {
+        let known: Vec<&str> = a.args.keys().map(String::as_str).collect();
+        self.err(
+            path,
+            format!("unknown argument \"{arg}\"{}", suggest_or_list(arg, &known)),
+        );
+    }
+
+    /// Where a write goes: a fixed `address`, or `address_arg` whose whole `min..=max` range
+    /// must land inside the table, so no value the argument check lets through can miss it.
+    fn check_write_address(
+        &mut self,
+        action: &str,
+        i: usize,
+        w: &ModbusWrite,
+        a: &Action,
+        ty: ValueType,
+        base: u32,
+    ) {
+        let idx = format!("[{i}]");
+        let wp = ["actions", action, "writes", idx.as_str()];
+        let at = |k: &'static str| ["actions", action, "writes", idx.as_str(), k];
+        let Some(arg) = &w.address_arg else {
+            if w.address.is_none() {
+                self.err(&wp, "a write needs address");
+            }
+            if w.address_step.is_some() {
+                self.err(
+                    &at("address_step"),
+                    "address_step is only for writes with address_arg",
+                );
+            }
+            return;
+        };
+        if w.address.is_none() {
+            self.err(
+                &wp,
+                format!(
+                    "a write with address_arg needs address: the address written when \
+                     {arg} = 1"
+                ),
+            );
+            return;
+        }
+        let count = if matches!(w.table, Table::Coil | Table::DiscreteInput) {
+            1
+        } else {
+            registers(ty, None)
+        };
+        let step = w.address_step.unwrap_or(1);
+        if step == 0 {
+            self.err(&at("address_step"), "address_step must be at least 1");
+        } else if u32::from(step) < count {
+            let (path, default) = match w.address_step {
+                Some(_) => (at("address_step").to_vec(), ""),
+                None => (wp.to_vec(), " (the default)"),
+            };
+            self.err(
+                &path,
+                format!(
+                    "address_step {step}{default} is less than the {count} registers of type \
+                     \"{ty}\": neighbouring values of {arg} would overlap"
+                ),
+            );
+        }
+        let Some(def) = a.args.get(arg) else {
+            self.unknown_arg(&at("address_arg"), arg, a);
+            return;
+        };
+        if def.arg_type != ArgType::Int {
+            self.err(
+                &at("address_arg"),
+                format!(
+                    "address_arg \"{arg}\" must be an int argument, not {}",
+                    arg_type_name(def.arg_type)
+                ),
+            );
+            return;
+        }
+        let (Some(min), Some(max)) = (def.min, def.max) else {
+            self.err(
+                &at("address_arg"),
+                format!(
+                    "address_arg \"{arg}\" needs min and max: they bound the addresses this \
+                     write can reach"
+                ),
+            );
+            return;
+        };
+        // The integers the argument check accepts (`as` saturates far-out bounds).
+        let (lo, hi) = (min.ceil() as i64, max.floor() as i64);
+        if lo > hi {
+            return;
+        }
+        let base = i128::from(base);
+        let count = i128::from(count);
+        let (Some(first), Some(last)) = (w.address_for(lo), w.address_for(hi)) else {
+            return;
+        };
+        if first < base {
+            self.err(
+                &at("address_arg"),
+                format!(
+                    "at {arg} = {lo} (its min) this write's address is {first}, below \
+                     address_base {base}"
+                ),
+            );
+        }
+        if last - base + count - 1 > 65535 {
+            self.err(
+                &at("address_arg"),
+                format!(
+                    "at {arg} = {hi} (its max) this write's address {last} plus {count} \
+                     registers goes beyond 65535"
+                ),
+            );
+        }
+    }
+
+    /// An enum written to a register needs a number per choice, and each number must fit
+    /// the register the write puts it in.
+    fn check_written_enum(
+        &mut self,
+        action: &str,
+        i: usize,
+        w: &ModbusWrite,
+        ty: ValueType,
+        arg: &str,
+        def: &Arg,
+    ) {
+        if def.arg_type != ArgType::Enum {
+            return;
+        }
+        let idx = format!("[{i}]");
+        let Some(values) = &def.values else {
+            self.err(
+                &["actions", action, "writes", &idx, "arg"],
+                format!(
+                    "enum argument \"{arg}\" has no values: a register write needs a number for \
+                     each choice (values = [...], one per choice, in order)"
+                ),
+            );
+            return;
+        };
+        // Coils and bit writes take any number as on/off.
+        if matches!(w.table, Table::Coil) || matches!(ty, ValueType::Bit | ValueType::Bool) {
+            return;
+        }
+        for (k, v) in values.iter().enumerate() {
+            if !v.is_finite() {
+                continue; // reported by check_arg
+            }
+            let raw = crate::modbus::value::unscale(*v, w.scale, w.offset);
+            let decoded = crate::modbus::value::Decoded::Number(raw);
+            // The word order moves bytes around; it never decides whether a value fits.
+            let order = w.order.unwrap_or_default();
+            if let Err(e) = crate::modbus::value::encode(&decoded, ty, order, None) {
+                let vk = format!("[{k}]");
+                self.err(
+                    &["actions", action, "args", arg, "values", &vk],
+                    format!("cannot be written by writes{idx}: {e}"),
+                );
+            }
+        }
+    }
+
+    /// Choices are matched ignoring case, so two that differ only in case could never both be
+    /// chosen; `values` pairs one number with each choice.
+    fn check_choices(&mut self, action: &str, name: &str, a: &Arg, scpi_proto: bool) {
+        for (j, c) in a.choices.iter().enumerate() {
+            if let Some(first) = a.choices[..j].iter().find(|d| d.eq_ignore_ascii_case(c)) {
+                let idx = format!("[{j}]");
+                let msg = if first == c {
+                    format!("choice \"{c}\" is listed twice")
+                } else {
+                    format!(
+                        "choice \"{c}\" repeats \"{first}\" (choices are matched ignoring case)"
+                    )
+                };
+                self.err(&["actions", action, "args", name, "choices", &idx], msg);
+            }
+        }
+        let Some(values) = &a.values else {
+            return;
+        };
+        let at = ["actions", action, "args", name, "values"];
+        if scpi_proto {
+            self.err(
+                &at,
+                "values are for modbus writes; a scpi template sends the choice's text",
+            );
+            return;
+        }
+        if values.len() != a.choices.len() {
+            self.err(
+                &at,
+                format!(
+                    "{} values for {} choices: give one value per choice, in the same order",
+                    values.len(),
+                    a.choices.len()
+                ),
+            );
+        }
+        for (k, v) in values.iter().enumerate() {
+            if !v.is_finite() {
+                let idx = format!("[{k}]");
+                self.err(
+                    &["actions", action, "args", name, "values", &idx],
+                    "value must be a finite number",
+                );
+            }
+        }
+    }
+
+    fn check_arg(&mut self, action: &str, name: &str, a: &Arg, scpi_proto: bool) {
         let p = ["actions", action, "args", name];
         let at = |k: &'static str| ["actions", action, "args", name, k];
         if let (Some(lo), Some(hi)) = (a.min, a.max) {
@@ -776,10 +994,14 @@ impl Check<'_, '_> {
                 if a.choices.is_empty() {
                     self.err(&p, "enum argument needs choices");
                 }
+                self.check_choices(action, name, a, scpi_proto);
             }
             _ => {
                 if !a.choices.is_empty() {
                     self.err(&at("choices"), "choices are only for type \"enum\"");
+                }
+                if a.values.is_some() {
+                    self.err(&at("values"), "values are only for type \"enum\"");
                 }
             }
         }

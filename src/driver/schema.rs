@@ -292,7 +292,17 @@ pub struct Action {
 #[serde(deny_unknown_fields)]
 pub struct ModbusWrite {
     pub table: Table,
-    pub address: u16,
+    /// The address written; with `address_arg`, the address for argument value 1.
+    /// Required (an `Option` so the loader can say why it is needed).
+    #[serde(default)]
+    pub address: Option<u16>,
+    /// An `int` argument that picks the address: value v writes at
+    /// `address + (v - 1) * address_step` (one action for "relay N" instead of one per N).
+    #[serde(default)]
+    pub address_arg: Option<String>,
+    /// Addresses between neighbouring argument values; default 1.
+    #[serde(default)]
+    pub address_step: Option<u16>,
     #[serde(rename = "type", default)]
     pub value_type: Option<ValueType>,
     #[serde(default)]
@@ -311,6 +321,20 @@ pub struct ModbusWrite {
     pub value: Option<f64>,
 }
 
+impl ModbusWrite {
+    /// The address (in the file's address base) this write goes to when its `address_arg` is
+    /// `value`; the fixed address when it has none. Wide integers, so the loader can ask about
+    /// an argument's whole range without overflowing.
+    pub fn address_for(&self, value: i64) -> Option<i128> {
+        let address = i128::from(self.address?);
+        if self.address_arg.is_none() {
+            return Some(address);
+        }
+        let step = i128::from(self.address_step.unwrap_or(1));
+        Some(address + (i128::from(value) - 1) * step)
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Arg {
@@ -325,6 +349,10 @@ pub struct Arg {
     /// For `type = "enum"`.
     #[serde(default)]
     pub choices: Vec<String>,
+    /// For `type = "enum"` written by a Modbus write: the number each choice writes,
+    /// `values[i]` for `choices[i]`.
+    #[serde(default)]
+    pub values: Option<Vec<f64>>,
     #[serde(default)]
     pub default: Option<toml::Value>,
     /// For `type = "bool"` in SCPI templates: text for true/false; default "ON"/"OFF".

@@ -32,6 +32,19 @@ impl ArgValue {
     }
 }
 
+/// The number a Modbus write sends for an argument: a bool is 1/0, an enum the entry of the
+/// driver's `values` that pairs with its choice. `None` for an enum without a number (the
+/// loader refuses such a driver, so only a hand-built one gets here).
+pub fn register_value(value: &ArgValue, def: &Arg) -> Option<f64> {
+    match value {
+        ArgValue::Enum(choice) => {
+            let i = def.choices.iter().position(|c| c == choice)?;
+            def.values.as_ref()?.get(i).copied()
+        }
+        other => other.as_f64(),
+    }
+}
+
 impl fmt::Display for ArgValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -424,6 +437,7 @@ mod tests {
             min: None,
             max: None,
             choices: Vec::new(),
+            values: None,
             default: None,
             true_text: None,
             false_text: None,
@@ -738,6 +752,48 @@ mod tests {
         assert!(parse_assignments(["=1"]).is_err());
         let err = parse_assignments(["v=1", "v=2"]).unwrap_err();
         assert_eq!(err.to_string(), "argument \"v=2\": argument given twice");
+    }
+
+    #[test]
+    fn register_values_of_enums_follow_the_choice() {
+        let def = Arg {
+            choices: vec!["auto".to_string(), "manual".to_string(), "off".to_string()],
+            values: Some(vec![10.0, 54.0, 62.0]),
+            ..arg(ArgType::Enum)
+        };
+        let mut a = source_action();
+        a.args.insert("mode".to_string(), def.clone());
+        let r = resolve_args("set", &a, &given(&[("volts", "1"), ("mode", "MANUAL")])).unwrap();
+        assert_eq!(register_value(&r["mode"], &def), Some(54.0));
+        assert_eq!(
+            register_value(&ArgValue::Enum("off".into()), &def),
+            Some(62.0)
+        );
+        assert_eq!(
+            register_value(&ArgValue::Enum("auto".into()), &def),
+            Some(10.0)
+        );
+        // No number to write: a choice the driver does not list, or no values at all.
+        assert_eq!(register_value(&ArgValue::Enum("eco".into()), &def), None);
+        let bare = Arg {
+            values: None,
+            ..def.clone()
+        };
+        assert_eq!(register_value(&ArgValue::Enum("off".into()), &bare), None);
+        let short = Arg {
+            values: Some(vec![10.0]),
+            ..def
+        };
+        assert_eq!(register_value(&ArgValue::Enum("off".into()), &short), None);
+        // Other types write their own number.
+        assert_eq!(
+            register_value(&ArgValue::Int(7), &arg(ArgType::Int)),
+            Some(7.0)
+        );
+        assert_eq!(
+            register_value(&ArgValue::Bool(true), &arg(ArgType::Bool)),
+            Some(1.0)
+        );
     }
 
     #[test]

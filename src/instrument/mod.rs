@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use crate::driver::Driver;
-use crate::driver::schema::{Action, DriverFile, Parse, Protocol, Quantity, ScpiSettings, Wait};
+use crate::driver::schema::{
+    Action, DriverFile, ModbusWrite, Parse, Protocol, Quantity, ScpiSettings, Wait,
+};
 use crate::link::{LinkError, LinkHandle, ScpiSetup, ScpiStep};
 use crate::modbus::ops::{ModbusOp, ModbusReply};
 use crate::modbus::plan::{ReadBlock, ReadItem, plan_reads};
@@ -666,29 +668,14 @@ impl Instrument {
                 self.scpi_commands(&commands).await?;
             }
             Protocol::Modbus => {
-                for w in &action.writes {
-                    let value = match (&w.arg, w.value) {
-                        (Some(a), _) => {
-                            args.get(a).and_then(ArgValue::as_f64).ok_or_else(|| {
-                                InstrumentError::Invalid {
-                                    instrument: self.id.to_string(),
-                                    message: format!(
-                                        "action {name}: argument {a} has no numeric value"
-                                    ),
-                                }
-                            })?
-                        }
-                        (None, Some(v)) => v,
-                        (None, None) => {
-                            return Err(InstrumentError::Invalid {
-                                instrument: self.id.to_string(),
-                                message: format!(
-                                    "action {name}: a write has neither arg nor value"
-                                ),
-                            });
-                        }
-                    };
-                    let op = self.write_op(name, w, value)?;
+                // Every write is built before the first is sent, so a value that cannot be
+                // written leaves the instrument untouched rather than half-changed.
+                let ops = action
+                    .writes
+                    .iter()
+                    .map(|w| self.write_op(name, action, w, args))
+                    .collect::<Result<Vec<_>, _>>()?;
+                for op in ops {
                     let desc = op.to_string();
                     self.link
                         .modbus(self.unit, op, self.modbus_timeout())
@@ -705,15 +692,60 @@ impl Instrument {
 
     fn write_op(
         &self,
-        action: &str,
-        w: &crate::driver::schema::ModbusWrite,
-        value: f64,
+        action_name: &str,
+        action: &Action,
+        w: &ModbusWrite,
+        args: &BTreeMap<String, ArgValue>,
     ) -> Result<ModbusOp, InstrumentError> {
-        let address = w.address.saturating_sub(self.modbus_base());
         let bad = |message: String| InstrumentError::Invalid {
             instrument: self.id.to_string(),
-            message: format!("action {action}: {message}"),
+            message: format!("action {action_name}: {message}"),
         };
+        let value = match (&w.arg, w.value) {
+            (Some(a), _) => {
+                let given = args
+                    .get(a)
+                    .ok_or_else(|| bad(format!("argument {a} has no value")))?;
+                let def = action
+                    .args
+                    .get(a)
+                    .ok_or_else(|| bad(format!("argument {a} is not declared")))?;
+                args::register_value(given, def).ok_or_else(|| {
+                    bad(format!(
+                        "argument {a}: {given} has no number to write (the driver gives no \
+                         values entry for it)"
+                    ))
+                })?
+            }
+            (None, Some(v)) => v,
+            (None, None) => return Err(bad("a write has neither arg nor value".into())),
+        };
+        let file_address = match &w.address_arg {
+            Some(a) => match args.get(a) {
+                Some(ArgValue::Int(v)) => w.address_for(*v),
+                Some(other) => {
+                    return Err(bad(format!(
+                        "argument {a}: address_arg needs an integer, got {other}"
+                    )));
+                }
+                None => return Err(bad(format!("argument {a} has no value"))),
+            },
+            None => w.address.map(i128::from),
+        }
+        .ok_or_else(|| bad("a write has no address".into()))?;
+        // The loader keeps every address an argument's range can reach inside the table; this
+        // guards drivers built in code.
+        let address =
+            u16::try_from(file_address - i128::from(self.modbus_base())).map_err(|_| {
+                let from = w
+                    .address_arg
+                    .as_ref()
+                    .and_then(|a| args.get(a).map(|v| format!(" (from argument {a} = {v})")))
+                    .unwrap_or_default();
+                bad(format!(
+                    "address {file_address}{from} is outside the register table"
+                ))
+            })?;
         match w.table {
             Table::Coil => Ok(ModbusOp::WriteCoil {
                 address,
@@ -737,7 +769,7 @@ impl Instrument {
                     Decoded::Number(raw)
                 };
                 let words = mv::encode(&decoded, ty, w.order.unwrap_or(self.default_order()), None)
-                    .map_err(|e| bad(format!("register {}: {e}", w.address)))?;
+                    .map_err(|e| bad(format!("register {file_address}: {e}")))?;
                 Ok(if words.len() == 1 {
                     ModbusOp::WriteRegister {
                         address,
