@@ -444,6 +444,47 @@ quantities = ["voltage"]
     assert!(!env.sim.plant.output_on());
 }
 
+/// An int argument that depends on a measurement is checked when the step runs: a fraction
+/// stops the run instead of being rounded to another rack position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_measured_fraction_for_an_int_argument_is_an_error_not_a_rounding() {
+    let env = env().await;
+    let text = format!(
+        r#"{HEAD}
+[[steps]]
+kind = "wait"
+duration = "50ms"
+
+[[steps]]
+kind = "measure"
+name = "voltage"
+role = "analyzer"
+quantities = ["voltage"]
+
+[[steps]]
+kind = "act"
+name = "pick position"
+role = "rack"
+action = "relay_on"
+args = {{ position = "voltage / 7" }}
+{CLEANUP}"#
+    )
+    .replace(
+        r#"roles = ["source", "analyzer", "sphere"]"#,
+        r#"roles = ["source", "analyzer", "rack"]"#,
+    );
+    let ran = run_text(&env, &text).await;
+    assert_eq!(ran.outcome.verdict, RunVerdict::Error);
+    let step = ran.step("pick position");
+    assert_eq!(step.status, Some(StepStatus::Error));
+    let message = step.message.as_deref().unwrap_or("");
+    assert!(
+        message.contains("argument position") && message.contains("not a whole number"),
+        "{step:?}"
+    );
+    assert_eq!(ran.step("off").status, Some(StepStatus::Pass));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abort_cuts_a_wait_short_and_runs_cleanup() {
     let env = env().await;

@@ -306,6 +306,32 @@ bad.toml:26:17: steps[2].args.mode: action \"set_mode\": argument \"mode\": expe
     );
 }
 
+/// An int argument computed to a fraction is refused where it is written, not rounded to
+/// another rack position.
+#[test]
+fn an_int_argument_computed_to_a_fraction_is_refused() {
+    let text = r#"[recipe]
+name = "s"
+roles = ["rack"]
+
+[[steps]]
+kind = "act"
+role = "rack"
+action = "relay_on"
+args = { position = "5 / 2" }
+
+[[steps]]
+kind = "act"
+role = "rack"
+action = "relay_on"
+args = { position = "3 * 0.1 * 10" }
+"#;
+    assert_eq!(
+        problems(text, &[]),
+        "bad.toml:9:21: steps[0].args.position: `5 / 2` gives 2.5, not a whole number (the argument is an int)"
+    );
+}
+
 /// The engine waits on tokio's clock, so a recipe with hour-long waits runs in a test with a
 /// paused clock (no instruments involved: a wait and computed values only).
 #[tokio::test(start_paused = true)]

@@ -677,7 +677,10 @@ impl Exec {
                         .and_then(|e| e.eval(&self.vars, target))
                         .map_err(Outcome::Error)?;
                     if def.arg_type == ArgType::Int {
-                        toml::Value::Integer(x.round() as i64)
+                        let n = super::expr::whole_number(x).map_err(|e| {
+                            Outcome::Error(format!("argument {name}: `{text}` {e}"))
+                        })?;
+                        toml::Value::Integer(n)
                     } else {
                         toml::Value::Float(x)
                     }

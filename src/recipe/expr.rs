@@ -83,6 +83,39 @@ const FUNCTIONS: &str = "min, max, if, math::abs, floor, round, ceil, math::sqrt
                          math::pow, math::ln, math::log, math::log2, math::log10, math::exp, \
                          math::exp2, math::sin, math::cos, math::tan, math::is_nan, math::is_finite";
 
+/// An expression's value for an `int` argument: a whole number, or why not. Rounding silently
+/// would turn a computed 2.5 into position 3 of a relay rack; an int argument can pick an
+/// address, so a fraction is an error in the recipe, not something to guess at. Binary noise
+/// (3 * 0.1 * 10 = 3.0000000000000004) is not a fraction.
+pub fn whole_number(x: f64) -> Result<i64, String> {
+    let r = x.round();
+    // i64 bounds as f64: -2^63 is exact, 2^63 is the first value past the top.
+    let fits = (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&r);
+    if x.is_finite() && fits && (x - r).abs() <= 1e-9 * r.abs().max(1.0) {
+        Ok(r as i64)
+    } else {
+        Err(format!(
+            "gives {x}, not a whole number (the argument is an int)"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod whole_number_tests {
+    use super::whole_number;
+
+    #[test]
+    fn fractions_are_refused_and_binary_noise_is_not_a_fraction() {
+        assert_eq!(whole_number(5.0), Ok(5));
+        assert_eq!(whole_number(-3.0), Ok(-3));
+        assert_eq!(whole_number(3.0 * 0.1 * 10.0), Ok(3));
+        for bad in [2.5, 16.4, f64::NAN, f64::INFINITY, 1e19] {
+            let e = whole_number(bad).unwrap_err();
+            assert!(e.contains("not a whole number"), "{bad}: {e}");
+        }
+    }
+}
+
 impl Expr {
     /// Parse `text`; the error is evalexpr's message, lowercased at the start.
     pub fn parse(text: &str) -> Result<Expr, String> {

@@ -1055,8 +1055,15 @@ impl Validator<'_> {
                     if e.variables().iter().all(|v| vars.contains_key(v)) {
                         match e.eval(&vars, target) {
                             Ok(x) if def.arg_type == ArgType::Int => {
-                                concrete
-                                    .insert(name.clone(), toml::Value::Integer(x.round() as i64));
+                                match super::expr::whole_number(x) {
+                                    Ok(n) => {
+                                        concrete.insert(name.clone(), toml::Value::Integer(n));
+                                    }
+                                    Err(msg) => {
+                                        self.diags.push(l.diag(&at, format!("`{text}` {msg}")));
+                                        complete = false;
+                                    }
+                                }
                             }
                             Ok(x) => {
                                 concrete.insert(name.clone(), toml::Value::Float(x));
