@@ -16,7 +16,6 @@ use tokio::process::{Child, Command};
 use tokio::time::{Instant, timeout};
 
 /// Python start-up and imports can take seconds on a loaded machine.
-const PYTHON_WAIT: Duration = Duration::from_secs(30);
 
 fn labgate() -> Command {
     let mut cmd = Command::new(labgate_bin());
@@ -247,33 +246,11 @@ async fn pyvisa_py_reads_idn_from_labgate_sims_vxi11_and_hislip() {
             "HEWLETT-PACKARD,34970A",
         ),
     ];
-    let python = common::peers_python();
-    let out = timeout(
-        PYTHON_WAIT,
-        Command::new(&python)
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/peers/pyvisa_client.py"
-            ))
-            .args(["--idn-only", "--portmap-port", &pm.to_string()])
-            .args(resources.iter().map(|(r, _)| r))
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("pyvisa_client.py timed out")
-    .expect("run pyvisa_client.py");
-    assert!(
-        out.status.success(),
-        "pyvisa_client.py failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "pyvisa_client.py printed {:?}: {e}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    });
+    let pm = pm.to_string();
+    let args = ["--idn-only", "--portmap-port", pm.as_str()]
+        .into_iter()
+        .chain(resources.iter().map(|(r, _)| r.as_str()));
+    let v = common::run_peer_json("pyvisa_client.py", args).await;
     for (resource, idn) in &resources {
         let got = v[resource.as_str()].as_str().unwrap_or_default();
         assert!(got.starts_with(idn), "{resource}: {got:?}, wanted {idn}");

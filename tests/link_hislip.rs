@@ -6,24 +6,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::lone_analyzer as analyzer;
 use labgate::hislip::{HislipClient, HislipError, HislipOptions};
 use labgate::sim::fault::Faults;
 use labgate::sim::hislip::{self as sim, HislipSimConfig};
 use labgate::sim::plant::{Plant, PlantConfig};
-use labgate::sim::power_analyzer::{PowerAnalyzer, PowerAnalyzerConfig};
 use labgate::sim::scpi_server::ScpiDevice;
 use labgate::sim::vxi11::{DeviceFactory, NamedDevice};
 use tokio::time::timeout;
 
 const BOUND: Duration = Duration::from_secs(10);
-
-fn analyzer() -> DeviceFactory {
-    let pa = PowerAnalyzer::new(
-        Plant::new(PlantConfig::default()),
-        PowerAnalyzerConfig::default(),
-    );
-    Arc::new(move || -> Box<dyn ScpiDevice> { Box::new(pa.clone()) })
-}
 
 fn opts(s: &sim::HislipSim) -> HislipOptions {
     let mut o = HislipOptions::new("127.0.0.1", s.addr.port(), "hislip0");

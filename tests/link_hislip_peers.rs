@@ -11,38 +11,11 @@
 
 mod common;
 
-use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Duration;
 
+use common::{lone_analyzer as analyzer, run_peer_json, start_peer_server};
 use labgate::hislip::{HislipClient, HislipError, HislipOptions};
 use labgate::sim::hislip::{self as sim, HislipSimConfig};
-use labgate::sim::plant::{Plant, PlantConfig};
-use labgate::sim::power_analyzer::{PowerAnalyzer, PowerAnalyzerConfig};
-use labgate::sim::scpi_server::ScpiDevice;
-use labgate::sim::vxi11::DeviceFactory;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
-use tokio::time::timeout;
-
-const PYTHON_WAIT: Duration = Duration::from_secs(30);
-
-fn python() -> std::path::PathBuf {
-    static PY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    PY.get_or_init(common::peers_python).clone()
-}
-
-fn peer(script: &str) -> String {
-    format!("{}/tests/peers/{script}", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn analyzer() -> DeviceFactory {
-    let pa = PowerAnalyzer::new(
-        Plant::new(PlantConfig::default()),
-        PowerAnalyzerConfig::default(),
-    );
-    Arc::new(move || -> Box<dyn ScpiDevice> { Box::new(pa.clone()) })
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pyvisa_py_reaches_our_simulator() {
@@ -53,24 +26,11 @@ async fn pyvisa_py_reaches_our_simulator() {
     };
     let s = sim::start(cfg, analyzer()).await.unwrap();
     let resource = format!("TCPIP::127.0.0.1::hislip0,{}::INSTR", s.addr.port());
-    let out = timeout(
-        PYTHON_WAIT,
-        Command::new(python())
-            .arg(peer("pyvisa_client.py"))
-            .arg(&resource)
-            .arg("--no-pending-clear")
-            .kill_on_drop(true)
-            .output(),
+    let v = run_peer_json(
+        "pyvisa_client.py",
+        [resource.as_str(), "--no-pending-clear"],
     )
-    .await
-    .expect("pyvisa_client.py timed out")
-    .expect("run pyvisa_client.py");
-    assert!(
-        out.status.success(),
-        "pyvisa_client.py {resource} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    .await;
     assert!(
         v["idn"].as_str().unwrap().starts_with("YOKOGAWA,WT310E"),
         "{v}"
@@ -82,21 +42,8 @@ async fn pyvisa_py_reaches_our_simulator() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_client_against_a_server_on_pyvisa_py_framing() {
-    let mut child = Command::new(python())
-        .arg(peer("hislip_server.py"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start hislip_server.py");
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    let read = timeout(PYTHON_WAIT, BufReader::new(stdout).read_line(&mut line)).await;
-    assert!(
-        matches!(read, Ok(Ok(n)) if n > 0),
-        "hislip_server.py printed no port: {read:?}"
-    );
-    let port: u16 = line.trim().parse().unwrap();
+    let (_child, line) = start_peer_server("hislip_server.py", false).await;
+    let port: u16 = line.parse().unwrap();
     let mut o = HislipOptions::new("127.0.0.1", port, "hislip0");
     o.io_timeout = Duration::from_secs(5);
     let mut c = HislipClient::connect(o.clone()).await.unwrap();

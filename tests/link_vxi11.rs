@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::lone_analyzer as analyzer;
 use labgate::sim::fault::Faults;
 use labgate::sim::plant::{Plant, PlantConfig};
 use labgate::sim::power_analyzer::{PowerAnalyzer, PowerAnalyzerConfig};
@@ -16,14 +17,6 @@ use labgate::vxi11::{Vxi11Client, Vxi11Error, Vxi11Options, get_core_port};
 use tokio::time::timeout;
 
 const BOUND: Duration = Duration::from_secs(10);
-
-fn analyzer() -> DeviceFactory {
-    let pa = PowerAnalyzer::new(
-        Plant::new(PlantConfig::default()),
-        PowerAnalyzerConfig::default(),
-    );
-    Arc::new(move || -> Box<dyn ScpiDevice> { Box::new(pa.clone()) })
-}
 
 fn opts(sim: &sim::Vxi11Sim) -> Vxi11Options {
     let mut o = Vxi11Options::new("127.0.0.1", "inst0");

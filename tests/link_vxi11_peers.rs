@@ -13,62 +13,15 @@
 
 mod common;
 
-use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Duration;
 
-use labgate::sim::plant::{Plant, PlantConfig};
-use labgate::sim::power_analyzer::{PowerAnalyzer, PowerAnalyzerConfig};
-use labgate::sim::scpi_server::ScpiDevice;
-use labgate::sim::vxi11::{self as sim, DeviceFactory, Vxi11SimConfig};
+use common::{lone_analyzer as analyzer, run_peer_json, start_peer_server};
+use labgate::sim::vxi11::{self as sim, Vxi11SimConfig};
 use labgate::vxi11::{Vxi11Client, Vxi11Options, get_core_port};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 use tokio::time::timeout;
 
-/// Python start-up and imports can take seconds on a loaded machine.
-const PYTHON_WAIT: Duration = Duration::from_secs(30);
-
-fn python() -> std::path::PathBuf {
-    static PY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    PY.get_or_init(common::peers_python).clone()
-}
-
-fn peer(script: &str) -> String {
-    format!("{}/tests/peers/{script}", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn analyzer() -> DeviceFactory {
-    let pa = PowerAnalyzer::new(
-        Plant::new(PlantConfig::default()),
-        PowerAnalyzerConfig::default(),
-    );
-    Arc::new(move || -> Box<dyn ScpiDevice> { Box::new(pa.clone()) })
-}
-
 async fn run_pyvisa(args: &[String]) -> serde_json::Value {
-    let out = timeout(
-        PYTHON_WAIT,
-        Command::new(python())
-            .arg(peer("pyvisa_client.py"))
-            .args(args)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("pyvisa_client.py timed out")
-    .expect("run pyvisa_client.py");
-    assert!(
-        out.status.success(),
-        "pyvisa_client.py {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "pyvisa_client.py printed {:?}: {e}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+    run_peer_json("pyvisa_client.py", args).await
 }
 
 fn check_session(v: &serde_json::Value) {
@@ -109,20 +62,7 @@ async fn pyvisa_py_reaches_our_simulator_on_the_core_port() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_client_against_a_server_on_pyvisa_py_rpc() {
-    let mut child = Command::new(python())
-        .arg(peer("vxi11_server.py"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start vxi11_server.py");
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    let read = timeout(PYTHON_WAIT, BufReader::new(stdout).read_line(&mut line)).await;
-    assert!(
-        matches!(read, Ok(Ok(n)) if n > 0),
-        "vxi11_server.py printed no ports: {read:?}"
-    );
+    let (_child, line) = start_peer_server("vxi11_server.py", false).await;
     let mut ports = line.split_whitespace().map(|p| p.parse::<u16>().unwrap());
     let (pmap, core) = (ports.next().unwrap(), ports.next().unwrap());
 

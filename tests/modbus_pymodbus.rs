@@ -10,28 +10,16 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{PYTHON_WAIT, python, run_peer_json, start_peer_server};
 use labgate::modbus::ops::{ModbusError, ModbusOp, ModbusReply, execute};
 use labgate::modbus::value::{Decoded, Table, ValueType, WordOrder, decode, encode};
 use labgate::sim::fault::Faults;
 use labgate::sim::modbus::{ModbusBench, serve_tcp};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::time::timeout;
 use tokio_modbus::client::Context;
 
-/// Python start-up plus importing pymodbus can take seconds on a loaded machine.
-const PYTHON_WAIT: Duration = Duration::from_secs(20);
 const WAIT: Duration = Duration::from_secs(5);
-
-/// The peers' virtualenv python, made once per test process.
-fn python() -> std::path::PathBuf {
-    static PY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    PY.get_or_init(common::peers_python).clone()
-}
-
-fn peer(script: &str) -> String {
-    format!("{}/tests/peers/{script}", env!("CARGO_MANIFEST_DIR"))
-}
 
 async fn require_pymodbus() {
     let status = timeout(
@@ -54,23 +42,9 @@ async fn require_pymodbus() {
 /// Starts the pymodbus server and returns it with the port it printed.
 async fn start_pymodbus_server() -> (Child, u16) {
     require_pymodbus().await;
-    let mut child = Command::new(python())
-        .arg(peer("pymodbus_server.py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start python3 pymodbus_server.py");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut line = String::new();
-    let read = timeout(PYTHON_WAIT, BufReader::new(stdout).read_line(&mut line)).await;
-    assert!(
-        matches!(read, Ok(Ok(n)) if n > 0),
-        "pymodbus_server.py printed no port: {read:?}"
-    );
+    // It serves until its stdin closes, so it cannot outlive the test.
+    let (child, line) = start_peer_server("pymodbus_server.py", true).await;
     let port = line
-        .trim()
         .parse()
         .unwrap_or_else(|e| panic!("pymodbus_server.py printed {line:?}: {e}"));
     (child, port)
@@ -299,28 +273,7 @@ async fn a_pymodbus_client_reads_and_writes_our_bench() {
     let bench = Arc::new(ModbusBench::default());
     tokio::spawn(serve_tcp(listener, bench, Faults::default()));
 
-    let output = timeout(
-        PYTHON_WAIT,
-        Command::new(python())
-            .arg(peer("pymodbus_client.py"))
-            .arg(port.to_string())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("pymodbus_client.py timed out")
-    .expect("run python3 pymodbus_client.py");
-    assert!(
-        output.status.success(),
-        "pymodbus_client.py failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let seen: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "pymodbus_client.py printed {:?}: {e}",
-            String::from_utf8_lossy(&output.stdout)
-        )
-    });
+    let seen = run_peer_json("pymodbus_client.py", [port.to_string()]).await;
     let num = |key: &str| {
         seen[key]
             .as_f64()

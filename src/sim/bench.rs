@@ -179,15 +179,6 @@ async fn bind(host: IpAddr, port: u16, what: &str) -> io::Result<TcpListener> {
     })
 }
 
-/// A factory handing every connection a clone of `device`, which shares its state.
-fn factory<D>(device: &D) -> DeviceFactory
-where
-    D: ScpiDevice + Clone + Sync + 'static,
-{
-    let device = device.clone();
-    Arc::new(move || -> Box<dyn ScpiDevice> { Box::new(device.clone()) })
-}
-
 /// Start the bench. Must be called inside a tokio runtime.
 pub async fn start(cfg: SimBenchConfig) -> io::Result<SimBench> {
     if !cfg.host.is_loopback() {
@@ -225,10 +216,10 @@ pub async fn start(cfg: SimBenchConfig) -> io::Result<SimBench> {
     let f = &cfg.faults;
     let named = |names: [&str; 4]| -> Vec<NamedDevice> {
         let factories: [(DeviceFactory, &Faults); 4] = [
-            (factory(&analyzer), &f.power_analyzer),
-            (factory(&source), &f.ac_source),
-            (factory(&sphere), &f.sphere),
-            (factory(&logger), &f.logger),
+            (vxi11::shared_device(&analyzer), &f.power_analyzer),
+            (vxi11::shared_device(&source), &f.ac_source),
+            (vxi11::shared_device(&sphere), &f.sphere),
+            (vxi11::shared_device(&logger), &f.logger),
         ];
         names
             .into_iter()

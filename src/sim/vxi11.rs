@@ -37,6 +37,16 @@ use crate::vxi11::{self as proto};
 /// A device factory shared by every connection.
 pub type DeviceFactory = Arc<dyn Fn() -> Box<dyn ScpiDevice> + Send + Sync>;
 
+/// A factory handing every connection a clone of `device`, which shares its state (the
+/// simulated instruments keep theirs behind an `Arc`).
+pub fn shared_device<D>(device: &D) -> DeviceFactory
+where
+    D: ScpiDevice + Clone + Sync + 'static,
+{
+    let device = device.clone();
+    Arc::new(move || -> Box<dyn ScpiDevice> { Box::new(device.clone()) })
+}
+
 /// One instrument a server offers under a name (a VXI-11 device name, a HiSLIP sub-address),
 /// with the faults it shows. Names match case-insensitively, as instruments accept them.
 #[derive(Clone)]

@@ -22,6 +22,89 @@ pub fn peers_python() -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
+/// A simulated WT310E on its own plant, as the VXI-11 and HiSLIP simulators serve it: every
+/// connection gets a clone sharing its state.
+pub fn lone_analyzer() -> labgate::sim::vxi11::DeviceFactory {
+    use labgate::sim::plant::{Plant, PlantConfig};
+    use labgate::sim::power_analyzer::{PowerAnalyzer, PowerAnalyzerConfig};
+    labgate::sim::vxi11::shared_device(&PowerAnalyzer::new(
+        Plant::new(PlantConfig::default()),
+        PowerAnalyzerConfig::default(),
+    ))
+}
+
+/// Python start-up and imports can take seconds on a loaded machine.
+pub const PYTHON_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// [`peers_python`], made once per test process.
+pub fn python() -> PathBuf {
+    static PY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PY.get_or_init(peers_python).clone()
+}
+
+/// The path of a peer script in tests/peers.
+pub fn peer(script: &str) -> String {
+    format!("{}/tests/peers/{script}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs a peer script to completion (bounded) and returns the JSON object it printed.
+pub async fn run_peer_json<I, S>(script: &str, args: I) -> serde_json::Value
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(|a| a.as_ref().into()).collect();
+    let out = tokio::time::timeout(
+        PYTHON_WAIT,
+        tokio::process::Command::new(python())
+            .arg(peer(script))
+            .args(&args)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{script} timed out"))
+    .unwrap_or_else(|e| panic!("run {script}: {e}"));
+    assert!(
+        out.status.success(),
+        "{script} {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{script} printed {:?}: {e}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// Starts a peer server script and returns it with the first line it printed (its ports),
+/// waited for with a bound. The child is killed when dropped.
+pub async fn start_peer_server(script: &str, stdin: bool) -> (tokio::process::Child, String) {
+    use std::process::Stdio;
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(python())
+        .arg(peer(script))
+        .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {script}: {e}"));
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    let read = tokio::time::timeout(
+        PYTHON_WAIT,
+        tokio::io::BufReader::new(stdout).read_line(&mut line),
+    )
+    .await;
+    assert!(
+        matches!(read, Ok(Ok(n)) if n > 0),
+        "{script} printed nothing: {read:?}"
+    );
+    (child, line.trim().to_string())
+}
+
 /// The labgate binary built for this test run.
 pub fn labgate_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_labgate"))
