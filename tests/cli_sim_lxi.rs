@@ -15,8 +15,6 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::time::{Instant, timeout};
 
-/// Python start-up and imports can take seconds on a loaded machine.
-
 fn labgate() -> Command {
     let mut cmd = Command::new(labgate_bin());
     cmd.env_remove("LABGATE_CONFIG")
