@@ -165,6 +165,21 @@ async fn run_show_export_and_exit_codes() {
     assert!(show.status.success());
     assert!(shown.contains("verdict pass"), "{shown}");
     assert!(shown.contains("    efficacy = "), "{shown}");
+    // A computed value shows at seven significant digits (the store and exports keep all).
+    let efficacy = shown
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("efficacy = "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no efficacy line in {shown}"));
+    let digits = efficacy
+        .chars()
+        .filter(char::is_ascii_digit)
+        .skip_while(|c| *c == '0')
+        .count();
+    assert!(
+        (1..=7).contains(&digits) && efficacy.parse::<f64>().is_ok_and(|v| v > 1.0),
+        "{efficacy} in {shown}"
+    );
 
     let csv = labgate(&cfg, &["results", "export", "1", "2", "--format", "csv"]).await;
     let csv = text(&csv.stdout);

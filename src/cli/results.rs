@@ -162,15 +162,15 @@ async fn exec(store: &Store, cmd: ResultsCmd) -> Result<ExitCode, Box<dyn std::e
                 );
                 for m in d.measurements.iter().filter(|m| m.step_id == s.id) {
                     let value = match (m.value, &m.invalid) {
-                        (Some(v), _) => v.to_string(),
+                        (Some(v), _) => shown(v),
                         (None, Some(i)) => format!("<{i}>"),
                         (None, None) => "-".to_string(),
                     };
                     let lim = if m.limits.min.is_some() || m.limits.max.is_some() {
                         format!(
                             " [{} .. {}]",
-                            m.limits.min.map_or(String::new(), |x| x.to_string()),
-                            m.limits.max.map_or(String::new(), |x| x.to_string())
+                            m.limits.min.map_or(String::new(), shown),
+                            m.limits.max.map_or(String::new(), shown)
                         )
                     } else {
                         String::new()
@@ -207,4 +207,54 @@ async fn exec(store: &Store, cmd: ResultsCmd) -> Result<ExitCode, Box<dyn std::e
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A stored value for people to read: seven significant digits, no trailing zeros. A computed
+/// efficacy is 85.71428571428571 in the store and in exports, 85.71429 here; an instrument's own
+/// reading (229.87) is shorter than that already and shows as it is.
+fn shown(v: f64) -> String {
+    const DIGITS: i32 = 7;
+    if v == 0.0 || !v.is_finite() {
+        return v.to_string();
+    }
+    let magnitude = v.abs().log10().floor() as i32;
+    if !(-4..9).contains(&magnitude) {
+        let text = format!("{:.*e}", (DIGITS - 1) as usize, v);
+        // Trim the mantissa's trailing zeros: 1.500000e10 -> 1.5e10.
+        return match text.split_once('e') {
+            Some((mantissa, exp)) if mantissa.contains('.') => {
+                format!(
+                    "{}e{exp}",
+                    mantissa.trim_end_matches('0').trim_end_matches('.')
+                )
+            }
+            _ => text,
+        };
+    }
+    let decimals = (DIGITS - 1 - magnitude).max(0) as usize;
+    let text = format!("{v:.decimals$}");
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown;
+
+    #[test]
+    fn values_show_seven_significant_digits() {
+        assert_eq!(shown(85.71428571428571), "85.71429");
+        assert_eq!(shown(229.87), "229.87");
+        assert_eq!(shown(-0.125), "-0.125");
+        assert_eq!(shown(0.0), "0");
+        assert_eq!(shown(3000.0), "3000");
+        assert_eq!(shown(0.000123456789), "0.0001234568");
+        assert_eq!(shown(1.5e10), "1.5e10");
+        assert_eq!(shown(2.5e-7), "2.5e-7");
+        assert_eq!(shown(99999995.0), "99999995");
+        assert_eq!(shown(f64::NAN), "NaN");
+    }
 }
