@@ -364,3 +364,77 @@ where
     });
     Ok((path, task))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Answers every query with its own text.
+    struct Echo;
+
+    impl ScpiDevice for Echo {
+        fn handle(&mut self, line: &str) -> Option<String> {
+            line.ends_with('?').then(|| line.to_string())
+        }
+    }
+
+    /// The adapter's next line, bounded.
+    async fn line<S: AsyncRead + Unpin>(s: &mut S) -> String {
+        let mut out = Vec::new();
+        let mut b = [0u8; 1];
+        let read = async {
+            while s.read_exact(&mut b).await.is_ok() && b[0] != b'\n' {
+                out.push(b[0]);
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), read)
+            .await
+            .expect("bounded");
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_reply_later_than_the_read_timeout_stays_queued_until_cleared() {
+        let (mut host, adapter) = tokio::io::duplex(4096);
+        let bus: Bus = BTreeMap::from([
+            (1, Box::new(Echo) as Box<dyn ScpiDevice>),
+            (2, Box::new(Echo) as _),
+        ]);
+        let faults = BusFaults::from([(
+            1,
+            Faults {
+                delay: Some(Duration::from_millis(120)),
+                ..Faults::default()
+            },
+        )]);
+        let stats = Arc::new(PrologixStats::default());
+        let task = tokio::spawn(serve_stream(
+            adapter,
+            bus,
+            Arc::new(faults),
+            VERSION_ETHERNET,
+            stats,
+        ));
+
+        // Read timeout shorter than the delay: the read gives up, and the adapter still answers.
+        host.write_all(b"++read_tmo_ms 30\n++addr 1\nA?\n++read\n++ver\n")
+            .await
+            .unwrap();
+        assert_eq!(line(&mut host).await.trim(), VERSION_ETHERNET);
+        // Address 2 is not held up by address 1's late reply.
+        let started = Instant::now();
+        host.write_all(b"++addr 2\nB?\n++read\n").await.unwrap();
+        assert_eq!(line(&mut host).await, "B?");
+        assert!(started.elapsed() < Duration::from_millis(100));
+        // Once ready, the late reply is what address 1 talks next.
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        host.write_all(b"++addr 1\n++read\n").await.unwrap();
+        assert_eq!(line(&mut host).await, "A?");
+        // A late reply a device clear discards never comes.
+        host.write_all(b"C?\n++clr\nD?\n++read_tmo_ms 500\n++read\n")
+            .await
+            .unwrap();
+        assert_eq!(line(&mut host).await, "D?");
+        task.abort();
+    }
+}
