@@ -52,6 +52,7 @@ pub struct SimBenchConfig {
     pub modbus_port: u16,
     /// Serve a simulated Prologix GPIB-Ethernet adapter on this port, with the four SCPI
     /// instruments on its bus at [`GPIB_ADDRESSES`] (0 picks an ephemeral port; `None`: none).
+    /// Their [`BenchFaults`] show at their addresses, except `drop_after`.
     pub prologix_port: Option<u16>,
     /// Serve the four SCPI instruments as VXI-11 devices [`VXI11_DEVICES`], with the
     /// portmapper on this port (0 picks an ephemeral port; `None`: no VXI-11).
