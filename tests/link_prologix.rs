@@ -173,7 +173,7 @@ async fn gpib_usb_adapter_on_a_pseudo_terminal() {
         b.insert(22, Box::new(analyzer.clone()));
         b
     };
-    let (path, task) = prologix::serve_pty(bus, stats.clone()).unwrap();
+    let (path, task) = prologix::serve_pty(bus, Default::default(), stats.clone()).unwrap();
     let dir = test_dir();
     let text = config(
         dir.path(),

@@ -53,8 +53,11 @@ pub struct SimArgs {
     #[arg(long)]
     pub fault_garbage: bool,
     /// Which instruments the faults apply to (comma list of analyzer, source, sphere, logger,
-    /// modbus); default all. They apply on raw TCP, the ptys, VXI-11 and HiSLIP alike (not
-    /// behind the Prologix adapter).
+    /// modbus); default all. They apply on raw TCP, the ptys, VXI-11, HiSLIP and behind the
+    /// Prologix adapter alike, there only at the instrument's GPIB address: a silent one leaves
+    /// `++read` empty after the adapter's read timeout, a delay longer than that timeout makes
+    /// `++read` relay nothing. --fault-drop-after does not apply behind the adapter (an
+    /// instrument has no connection of its own there; the adapter's carries every address).
     #[arg(long, value_delimiter = ',')]
     pub fault_on: Vec<String>,
 }

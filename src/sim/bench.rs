@@ -23,7 +23,7 @@ use super::logger::{Logger, LoggerConfig};
 use super::modbus::{ModbusBench, RtuPty, serve_rtu_pty};
 use super::plant::{Plant, PlantConfig};
 use super::power_analyzer::{PowerAnalyzer, PowerAnalyzerConfig};
-use super::prologix::{Bus, PrologixStats};
+use super::prologix::{Bus, BusFaults, PrologixStats};
 use super::pty::open_pty;
 use super::scpi_server::{ScpiDevice, serve_stream, serve_tcp};
 use super::sphere::{Sphere, SphereConfig};
@@ -52,6 +52,7 @@ pub struct SimBenchConfig {
     pub modbus_port: u16,
     /// Serve a simulated Prologix GPIB-Ethernet adapter on this port, with the four SCPI
     /// instruments on its bus at [`GPIB_ADDRESSES`] (0 picks an ephemeral port; `None`: none).
+    /// Their [`BenchFaults`] show at their addresses, except `drop_after`.
     pub prologix_port: Option<u16>,
     /// Serve the four SCPI instruments as VXI-11 devices [`VXI11_DEVICES`], with the
     /// portmapper on this port (0 picks an ephemeral port; `None`: no VXI-11).
@@ -298,14 +299,22 @@ pub async fn start(cfg: SimBenchConfig) -> io::Result<SimBench> {
             b.insert(a_lg, Box::new(lg.clone()));
             b
         };
+        // drop_after does not apply behind the adapter (see the prologix module doc).
+        let faults: BusFaults = BTreeMap::from([
+            (a_pa, f.power_analyzer.clone()),
+            (a_ac, f.ac_source.clone()),
+            (a_sp, f.sphere.clone()),
+            (a_lg, f.logger.clone()),
+        ]);
         let stats = bench.prologix_stats.clone();
         if cfg.pty {
-            let (path, task) = super::prologix::serve_pty(bus.clone(), stats.clone())?;
+            let (path, task) =
+                super::prologix::serve_pty(bus.clone(), faults.clone(), stats.clone())?;
             bench.tasks.push(task);
             prologix_pty = Some(path);
         }
         bench.tasks.push(tokio::spawn(async move {
-            if let Err(e) = super::prologix::serve_tcp(l, bus, stats).await {
+            if let Err(e) = super::prologix::serve_tcp(l, bus, faults, stats).await {
                 tracing::warn!(message = "sim prologix adapter stopped", error = %e);
             }
         }));

@@ -8,6 +8,16 @@
 //! relays nothing, exactly as a real adapter with no talker would. `++auto 1` reads after every
 //! data line. `++eos` appends CR/LF to data per its mode. The version line and the counters in
 //! [`PrologixStats`] let tests check what the host did (how often it switched addresses).
+//!
+//! Per-address [`Faults`] show as a real GPIB instrument's would through a real adapter, and
+//! only at that address: a `silent` instrument takes its messages and never talks, so `++read`
+//! waits `++read_tmo_ms` and relays nothing while the adapter still answers `++ver` (the host
+//! sees "no instrument listening at GPIB address N", not a dead adapter); a `delay`ed reply is
+//! relayed late if it is ready within the read timeout, else that `++read` relays nothing and
+//! the reply stays queued in the instrument (a `++clr` discards it); `garbage` is relayed as
+//! sent. `drop_after` does not apply: a GPIB instrument has no TCP connection to drop, and the
+//! adapter's connection carries every address, so closing it for one instrument's fault would
+//! cut the others off too. A hung adapter is [`PrologixStats::silent`].
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
@@ -19,9 +29,11 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
+use super::fault::Faults;
 use super::pty::open_pty;
-use super::scpi_server::{ScpiDevice, split_commands};
+use super::scpi_server::{GARBAGE_REPLY, ScpiDevice, split_commands};
 
 const ESC: u8 = 0x1b;
 /// Longest adapter input line kept (the real adapter's buffer is smaller still).
@@ -51,10 +63,20 @@ pub struct PrologixStats {
 /// simulated devices share their state through `Arc`s as on the TCP servers.
 pub type Bus = BTreeMap<u8, Box<dyn ScpiDevice>>;
 
+/// The faults each instrument on the bus shows, by GPIB address (absent: none).
+pub type BusFaults = BTreeMap<u8, Faults>;
+
+/// One reply an instrument has ready to send from `ready` on (later under a `delay` fault).
+struct Output {
+    ready: Instant,
+    bytes: VecDeque<u8>,
+}
+
 struct Adapter {
     bus: Bus,
-    /// Output each instrument has ready to send (its replies, newline-terminated).
-    pending: BTreeMap<u8, VecDeque<u8>>,
+    faults: Arc<BusFaults>,
+    /// Output each instrument has to send (its replies, newline-terminated), oldest first.
+    pending: BTreeMap<u8, VecDeque<Output>>,
     addr: u8,
     auto: bool,
     eos: u8,
@@ -67,6 +89,7 @@ struct Adapter {
 pub async fn serve_stream<S>(
     mut stream: S,
     bus: Bus,
+    faults: Arc<BusFaults>,
     version: &'static str,
     stats: Arc<PrologixStats>,
 ) -> io::Result<()>
@@ -76,6 +99,7 @@ where
     stats.connections.fetch_add(1, Ordering::Relaxed);
     let mut a = Adapter {
         bus,
+        faults,
         pending: BTreeMap::new(),
         addr: 0,
         auto: false,
@@ -211,6 +235,14 @@ impl Adapter {
             return Ok(());
         };
         self.stats.messages.fetch_add(1, Ordering::Relaxed);
+        let faults = self.faults.get(&self.addr).cloned().unwrap_or_default();
+        if faults.silent {
+            // Like the other servers' silent instrument: takes the message, never talks.
+            if self.auto {
+                self.read(out).await?;
+            }
+            return Ok(());
+        }
         let text = String::from_utf8_lossy(&msg).into_owned();
         // EOI ends the message; a terminator inside it separates program messages too.
         let mut replies = Vec::new();
@@ -225,9 +257,20 @@ impl Adapter {
             }
         }
         if !replies.is_empty() {
-            let q = self.pending.entry(self.addr).or_default();
-            q.extend(replies.join(";").into_bytes());
-            q.push_back(b'\n');
+            let bytes: VecDeque<u8> = if faults.garbage {
+                GARBAGE_REPLY.iter().copied().collect()
+            } else {
+                let mut b: VecDeque<u8> = replies.join(";").into_bytes().into();
+                b.push_back(b'\n');
+                b
+            };
+            // A late instrument does not hold up the bus: the adapter serves other addresses
+            // meanwhile and only a `++read` of this one waits for it.
+            let ready = Instant::now() + faults.delay.unwrap_or_default();
+            self.pending
+                .entry(self.addr)
+                .or_default()
+                .push_back(Output { ready, bytes });
         }
         if self.auto {
             self.read(out).await?;
@@ -237,38 +280,54 @@ impl Adapter {
 
     /// Relay the addressed instrument's output up to its end (the newline sent with EOI).
     async fn read<S: AsyncWrite + Unpin>(&mut self, out: &mut S) -> io::Result<()> {
+        let give_up = Instant::now() + self.read_tmo;
         let q = self.pending.entry(self.addr).or_default();
-        if q.is_empty() {
-            // No talker, or nothing to say: the adapter gives up after its read timeout.
-            tokio::time::sleep(self.read_tmo).await;
+        let ready = match q.front() {
+            Some(o) if o.ready <= give_up => o.ready,
+            // No talker, nothing to say, or not within the read timeout: the adapter gives up
+            // then and relays nothing. A late reply stays with the instrument.
+            _ => {
+                tokio::time::sleep_until(give_up).await;
+                return Ok(());
+            }
+        };
+        tokio::time::sleep_until(ready).await;
+        let Some(front) = q.front_mut() else {
             return Ok(());
-        }
-        let end = q
+        };
+        let end = front
+            .bytes
             .iter()
             .position(|b| *b == b'\n')
-            .map_or(q.len(), |p| p + 1);
-        let bytes: Vec<u8> = q.drain(..end).collect();
+            .map_or(front.bytes.len(), |p| p + 1);
+        let bytes: Vec<u8> = front.bytes.drain(..end).collect();
+        if front.bytes.is_empty() {
+            q.pop_front();
+        }
         out.write_all(&bytes).await?;
         out.flush().await
     }
 }
 
-/// Serve a GPIB-Ethernet adapter on `listener`; `bus` builds the instruments for a connection.
+/// Serve a GPIB-Ethernet adapter on `listener`; `bus` builds the instruments for a connection,
+/// which show `faults` by address.
 pub async fn serve_tcp<F>(
     listener: TcpListener,
     bus: F,
+    faults: BusFaults,
     stats: Arc<PrologixStats>,
 ) -> io::Result<()>
 where
     F: Fn() -> Bus + Send + Sync + 'static,
 {
     let bus = Arc::new(bus);
+    let faults = Arc::new(faults);
     loop {
         let (sock, _) = listener.accept().await?;
         let _ = sock.set_nodelay(true);
-        let (bus, stats) = (bus.clone(), stats.clone());
+        let (bus, faults, stats) = (bus.clone(), faults.clone(), stats.clone());
         tokio::spawn(async move {
-            if let Err(e) = serve_stream(sock, bus(), VERSION_ETHERNET, stats).await {
+            if let Err(e) = serve_stream(sock, bus(), faults, VERSION_ETHERNET, stats).await {
                 tracing::debug!(message = "sim prologix connection ended", error = %e);
             }
         });
@@ -277,19 +336,105 @@ where
 
 /// Serve a GPIB-USB adapter on a new pseudo-terminal. Returns the device path a client opens
 /// and the serving task (abort it to stop).
-pub fn serve_pty<F>(bus: F, stats: Arc<PrologixStats>) -> io::Result<(PathBuf, JoinHandle<()>)>
+pub fn serve_pty<F>(
+    bus: F,
+    faults: BusFaults,
+    stats: Arc<PrologixStats>,
+) -> io::Result<(PathBuf, JoinHandle<()>)>
 where
     F: Fn() -> Bus + Send + Sync + 'static,
 {
     let (mut master, path) = open_pty()?;
+    let faults = Arc::new(faults);
     let task = tokio::spawn(async move {
         // A pty has no connections: keep serving the same bus state across client sessions.
         loop {
-            if let Err(e) = serve_stream(&mut master, bus(), VERSION_USB, stats.clone()).await {
+            let session = serve_stream(
+                &mut master,
+                bus(),
+                faults.clone(),
+                VERSION_USB,
+                stats.clone(),
+            );
+            if let Err(e) = session.await {
                 tracing::debug!(message = "sim prologix pty error", error = %e);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
     Ok((path, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Answers every query with its own text.
+    struct Echo;
+
+    impl ScpiDevice for Echo {
+        fn handle(&mut self, line: &str) -> Option<String> {
+            line.ends_with('?').then(|| line.to_string())
+        }
+    }
+
+    /// The adapter's next line, bounded.
+    async fn line<S: AsyncRead + Unpin>(s: &mut S) -> String {
+        let mut out = Vec::new();
+        let mut b = [0u8; 1];
+        let read = async {
+            while s.read_exact(&mut b).await.is_ok() && b[0] != b'\n' {
+                out.push(b[0]);
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), read)
+            .await
+            .expect("bounded");
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_reply_later_than_the_read_timeout_stays_queued_until_cleared() {
+        let (mut host, adapter) = tokio::io::duplex(4096);
+        let bus: Bus = BTreeMap::from([
+            (1, Box::new(Echo) as Box<dyn ScpiDevice>),
+            (2, Box::new(Echo) as _),
+        ]);
+        let faults = BusFaults::from([(
+            1,
+            Faults {
+                delay: Some(Duration::from_millis(120)),
+                ..Faults::default()
+            },
+        )]);
+        let stats = Arc::new(PrologixStats::default());
+        let task = tokio::spawn(serve_stream(
+            adapter,
+            bus,
+            Arc::new(faults),
+            VERSION_ETHERNET,
+            stats,
+        ));
+
+        // Read timeout shorter than the delay: the read gives up, and the adapter still answers.
+        host.write_all(b"++read_tmo_ms 30\n++addr 1\nA?\n++read\n++ver\n")
+            .await
+            .unwrap();
+        assert_eq!(line(&mut host).await.trim(), VERSION_ETHERNET);
+        // Address 2 is not held up by address 1's late reply.
+        let started = Instant::now();
+        host.write_all(b"++addr 2\nB?\n++read\n").await.unwrap();
+        assert_eq!(line(&mut host).await, "B?");
+        assert!(started.elapsed() < Duration::from_millis(100));
+        // Once ready, the late reply is what address 1 talks next.
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        host.write_all(b"++addr 1\n++read\n").await.unwrap();
+        assert_eq!(line(&mut host).await, "A?");
+        // A late reply a device clear discards never comes.
+        host.write_all(b"C?\n++clr\nD?\n++read_tmo_ms 500\n++read\n")
+            .await
+            .unwrap();
+        assert_eq!(line(&mut host).await, "D?");
+        task.abort();
+    }
 }
